@@ -1,0 +1,38 @@
+"""The Faust application object, configured from settings.
+
+Each worker process gets its own RocksDB data directory (``IMAGEREC_WORKER_ID``) and web port,
+so several workers on one machine share the partitions without sharing state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faust
+
+from app.settings import get_settings
+from app.stack.layout import Layout
+
+settings = get_settings()
+WORKER_ID = int(os.environ.get("IMAGEREC_WORKER_ID", "1"))
+
+app = faust.App(
+    "imagerec",
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="rocksdb://",
+    datadir=str(Layout.from_settings(settings).worker_data(WORKER_ID)),
+    web_host=settings.web_host,
+    web_port=settings.web_port + WORKER_ID - 1,
+    web_in_thread=False,
+    canonical_url=f"http://{settings.web_host}:{settings.web_port + WORKER_ID - 1}",
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    producer_acks=-1,
+    broker_commit_interval=1.0,
+    stream_wait_empty=False,
+    autodiscover=False,
+    # Uploads are streamed, but aiohttp refuses bodies above client_max_size before we see
+    # them; the gateway enforces the real limit, this is the backstop.
+    web_application_options={"client_max_size": settings.max_upload_bytes + 1024 * 1024},
+    web_cors_options=None,
+)

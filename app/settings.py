@@ -1,0 +1,101 @@
+"""All configuration, read once from the environment (prefix ``IMAGEREC_``).
+
+One module so that the worker, the functions, the CLI and the stack scripts agree on every
+name and default. Generated secrets (S3 credentials, API-key pepper) are read from the
+git-ignored ``$IMAGEREC_HOME/secrets.env`` (mode 0600) when the environment does not set them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HOME = REPO_ROOT / ".stack"
+
+
+def _secrets_file() -> Path:
+    import os
+
+    return Path(os.environ.get("IMAGEREC_HOME", str(DEFAULT_HOME))) / "secrets.env"
+
+
+class Settings(BaseSettings):
+    """Every knob of imagerec; see the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEREC_", env_file=_secrets_file(), extra="ignore"
+    )
+
+    # --- where the local stack keeps its files -------------------------------------
+    home: Path = DEFAULT_HOME
+
+    # --- network endpoints ----------------------------------------------------------
+    gateway_url: str = "http://127.0.0.1:8080"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    workers: int = 2
+
+    # --- names (contracts; see shared DESIGN.md section 2) -----------------------------
+    topic_uploads: str = "image-uploads"
+    topic_results: str = "image-results"
+    topic_dlq: str = "image-uploads-dlq"
+    topic_partitions: int = 4
+    bucket_input: str = "input-images"
+    bucket_processed: str = "processed-images"
+    bucket_results: str = "classification-results"
+    bucket_models: str = "models"
+
+    # --- pipeline behaviour -------------------------------------------------------------
+    batch_size: int = 16
+    batch_window_s: float = 0.05
+    result_ttl_s: int = 86400
+    reconcile_grace_s: float = 120.0
+    reconcile_interval_s: float = 60.0
+
+    # --- input limits -------------------------------------------------------------------
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    min_side_px: int = 16
+
+    # --- model ----------------------------------------------------------------------------
+    default_model: str = "efficientnet_lite0"
+    model_cache: Path | None = Field(default=None)
+    model_poll_s: float = 10.0
+
+    # --- security -------------------------------------------------------------------------
+    api_key_pepper: str = ""
+    auth_disabled: bool = False
+
+    # --- logging --------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def model_dir(self) -> Path:
+        """Converted models are cached here; it survives restarts but not `make clean`."""
+        return self.model_cache or (self.home / "models")
+
+    @property
+    def buckets(self) -> list[str]:
+        return [self.bucket_input, self.bucket_processed, self.bucket_results, self.bucket_models]
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic_uploads, self.topic_results, self.topic_dlq]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

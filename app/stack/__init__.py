@@ -1,0 +1,1 @@
+"""The local stack: install layout, generated configs, supervision."""

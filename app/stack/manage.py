@@ -1,0 +1,269 @@
+"""Start, stop and inspect the local stack through supervisord.
+
+Infrastructure (Kafka, MinIO, Redis) starts first; once it answers, topics and buckets are
+provisioned; only then do the workers, functions and the gateway start, so a worker never
+races topic creation. ``up`` returns when ``/readyz`` through the gateway answers 200.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from app.settings import Settings, get_settings
+from app.stack import services as svc
+from app.stack.layout import Layout
+from app.stack.secrets import ensure_secrets
+
+INFRA = ("kafka", "minio", "redis")
+
+
+class StackError(RuntimeError):
+    """A problem the user must act on; the message says what and how."""
+
+
+def _reload_settings(layout: Layout) -> Settings:
+    ensure_secrets(layout.secrets)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def rpc(layout: Layout) -> xmlrpc.client.ServerProxy:
+    transport = SupervisorTransport(None, None, f"unix://{layout.supervisor_sock}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def supervisor_running(layout: Layout) -> bool:
+    if not layout.supervisor_sock.exists():
+        return False
+    try:
+        rpc(layout).supervisor.getState()
+        return True
+    except (OSError, xmlrpc.client.Fault):
+        return False
+
+
+def start_process(layout: Layout, name: str, wait: bool = False) -> None:
+    """Start one program; already running is fine."""
+    try:
+        rpc(layout).supervisor.startProcess(name, wait)
+    except xmlrpc.client.Fault as fault:
+        if "ALREADY_STARTED" not in fault.faultString:
+            raise
+
+
+def process_states(layout: Layout) -> dict[str, str]:
+    return {p["name"]: p["statename"] for p in rpc(layout).supervisor.getAllProcessInfo()}
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def check_ports(progs: list[svc.Service]) -> None:
+    busy = [(p, s.name) for s in progs for p in s.ports if port_in_use(p)]
+    if busy:
+        desc = ", ".join(f"port {p} (needed by {name})" for p, name in busy)
+        raise StackError(
+            f"cannot start: {desc} already in use by another program. Stop that program, "
+            "or move imagerec with the IMAGEREC_* port settings (see README, Configuration)."
+        )
+
+
+def check_installed(layout: Layout) -> None:
+    missing = []
+    if not (layout.bin / "minio").exists():
+        missing.append("minio")
+    if not layout.kafka_libs.exists() or not any(layout.kafka_libs.glob("kafka_2.13-*.jar")):
+        missing.append("kafka jars")
+    if missing:
+        raise StackError(f"not installed: {', '.join(missing)}; run `make install` first")
+
+
+def format_kafka(layout: Layout, props: Path) -> None:
+    """KRaft needs its log dir formatted once with a cluster id."""
+    if (layout.data / "kafka" / "meta.properties").exists():
+        return
+    (layout.data / "kafka").mkdir(parents=True, exist_ok=True)
+    cmd = (f"{svc.java_cmd(layout)} kafka.tools.StorageTool format "
+           f"-t {svc.kafka_cluster_id()} -c {props}")
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StackError(f"formatting Kafka storage failed: {done.stderr.strip()[-500:]}")
+
+
+def wait_for(check, what: str, timeout_s: float, layout: Layout | None = None,
+             service: str | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+        if layout is not None and service is not None:
+            state = process_states(layout).get(service)
+            if state in ("FATAL", "BACKOFF", "EXITED"):
+                log = layout.logs / f"{service}.log"
+                tail = log.read_text()[-1500:] if log.exists() else ""
+                raise StackError(f"{service} failed to start ({state}); last log lines:\n{tail}")
+        time.sleep(0.5)
+    raise StackError(f"timed out after {timeout_s:.0f}s waiting for {what}"
+                     + (f": {last}" if last else ""))
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _kafka_ready(settings: Settings) -> bool:
+    import asyncio
+
+    from app.health import check_kafka
+
+    return asyncio.run(check_kafka(settings, require_topics=False))["ok"]
+
+
+def _redis_ready(settings: Settings) -> bool:
+    import redis
+
+    return bool(redis.Redis.from_url(settings.redis_url, socket_timeout=1).ping())
+
+
+def build(layout: Layout, settings: Settings) -> list[svc.Service]:
+    layout.ensure()
+    (layout.data / "redis").mkdir(parents=True, exist_ok=True)
+    (layout.data / "minio").mkdir(parents=True, exist_ok=True)
+    props, log4j = svc.render_kafka(layout, settings)
+    nginx_conf = svc.render_nginx(layout, settings, layout.repo / "deploy" / "nginx.conf.tmpl")
+    progs = svc.services(layout, settings, props, log4j, nginx_conf)
+    format_kafka(layout, props)
+    svc.render_supervisor(layout, progs)
+    return progs
+
+
+def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
+    """Start everything; returns False when it was already running (a no-op)."""
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    layout = Layout.from_settings(get_settings())
+    if supervisor_running(layout):
+        states = process_states(layout)
+        not_running = [n for n, s in states.items() if s != "RUNNING"]
+        if not not_running:
+            say(f"imagerec is already up: nothing to do ({len(states)} services running). "
+                f"Gateway: {get_settings().gateway_url}")
+            return False
+        say(f"imagerec is partly up; starting {', '.join(not_running)}")
+        for name in not_running:
+            start_process(layout, name)
+        _wait_ready(layout, get_settings(), wait_timeout_s)
+        return True
+    check_installed(layout)
+    settings = _reload_settings(layout)
+    progs = build(layout, settings)
+    check_ports(progs)
+    started = time.monotonic()
+    say("starting kafka, minio, redis ...")
+    env = {**os.environ, "IMAGEREC_HOME": str(layout.home)}
+    subprocess.run([str(Path(sys.executable).parent / "supervisord"), "-c",
+                    str(layout.supervisor_conf)], check=True, env=env)
+    wait_for(lambda: supervisor_running(layout), "supervisord", 15)
+    for name in INFRA:
+        start_process(layout, name)
+    wait_for(lambda: _redis_ready(settings), "redis", 30, layout, "redis")
+    wait_for(lambda: _http_ok(f"http://{settings.s3_endpoint}/minio/health/ready"),
+             "minio", 60, layout, "minio")
+    wait_for(lambda: _kafka_ready(settings), "kafka", 90, layout, "kafka")
+    from app.stack.provision import provision
+
+    created = provision(settings)
+    if created["topics"] or created["buckets"]:
+        say(f"created topics {created['topics']} and buckets {created['buckets']}")
+    say("starting workers, functions and the gateway ...")
+    for prog in progs:
+        if prog.name not in INFRA:
+            start_process(layout, prog.name)
+    _wait_ready(layout, settings, wait_timeout_s)
+    say(f"imagerec is up in {time.monotonic() - started:.1f}s: {settings.gateway_url}  "
+        f"(logs: {layout.logs}, stop: make down)")
+    return True
+
+
+def _wait_ready(layout: Layout, settings: Settings, timeout_s: float) -> None:
+    names = [n for n in process_states(layout) if n.startswith("worker-")]
+    wait_for(lambda: _http_ok(f"{settings.gateway_url}/readyz"), "the gateway's /readyz",
+             timeout_s, layout, names[0] if names else None)
+
+
+def down(*, quiet: bool = False) -> bool:
+    """Stop everything supervisord runs and supervisord itself; returns False if not up."""
+    layout = Layout.from_settings(get_settings())
+    if not supervisor_running(layout):
+        if not quiet:
+            print("imagerec is not running: nothing to stop")
+        return False
+    pid = int(layout.supervisor_pid.read_text().strip()) if layout.supervisor_pid.exists() else 0
+    rpc(layout).supervisor.stopAllProcesses(True)
+    try:
+        rpc(layout).supervisor.shutdown()
+    except (OSError, xmlrpc.client.Fault):
+        pass
+    deadline = time.monotonic() + 60
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    if not quiet:
+        print("imagerec stopped")
+    return True
+
+
+def ctl(action: str, name: str) -> None:
+    """Stop or start one service (tests use this to take a dependency down)."""
+    layout = Layout.from_settings(get_settings())
+    proxy = rpc(layout).supervisor
+    if action == "stop":
+        proxy.stopProcess(name, True)
+    elif action == "start":
+        proxy.startProcess(name, True)
+    elif action == "restart":
+        proxy.stopProcess(name, True)
+        proxy.startProcess(name, True)
+    else:
+        raise StackError(f"unknown action {action!r}")
+
+
+def env_lines(settings: Settings) -> list[str]:
+    """Shell ``export`` lines a client needs to talk to this stack."""
+    layout = Layout.from_settings(settings)
+    values = {
+        "IMAGEREC_GATEWAY_URL": settings.gateway_url,
+        "IMAGEREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "IMAGEREC_S3_ENDPOINT": settings.s3_endpoint,
+        "IMAGEREC_S3_ACCESS_KEY": settings.s3_access_key,
+        "IMAGEREC_S3_SECRET_KEY": settings.s3_secret_key,
+        "IMAGEREC_REDIS_URL": settings.redis_url,
+    }
+    dev_key = layout.home / "dev-api-key"
+    if dev_key.exists():
+        values["IMAGEREC_API_KEY"] = dev_key.read_text().strip()
+    import shlex
+
+    return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]

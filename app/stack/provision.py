@@ -1,0 +1,53 @@
+"""Create the topics and buckets up front, idempotently.
+
+Topic auto-creation is off on the broker, so every topic is created here with the same
+partition count (table writes go to the partition of the event: see DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from app.settings import Settings
+from app.storage import make_minio
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; returns the names that were created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in settings.topics if t not in existing]
+        if wanted:
+            new = [NewTopic(name=t, num_partitions=settings.topic_partitions,
+                            replication_factor=1) for t in wanted]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        return wanted
+    finally:
+        await admin.close()
+
+
+def ensure_buckets(settings: Settings) -> list[str]:
+    """Create missing buckets; returns the names that were created."""
+    client = make_minio(settings)
+    created = []
+    for bucket in settings.buckets:
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+            created.append(bucket)
+    return created
+
+
+def provision(settings: Settings) -> dict[str, list[str]]:
+    """Everything the application expects to exist before a worker starts."""
+    topics = asyncio.run(ensure_topics(settings))
+    buckets = ensure_buckets(settings)
+    return {"topics": topics, "buckets": buckets}

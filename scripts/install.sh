@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Install everything imagerec needs into git-ignored folders, from package registries only:
+#   .venv/                Python 3.11 virtual environment (requirements.lock, all pinned)
+#   .stack/kafka/libs     Apache Kafka jars resolved from Maven Central (deploy/kafka/pom.xml)
+#   .stack/bin/minio      MinIO server built with `go install` from the Go module proxy
+#   redis-server, nginx   Debian packages, installed only when missing
+#   chromium              Debian package, only with --browser (browser tests)
+# Idempotent: each part is skipped when its stamp matches; a run that changes nothing says so.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+HOME_DIR="${IMAGEREC_HOME:-$ROOT/.stack}"
+# MinIO has no semver tags on the module proxy; this pseudo-version is the newest one served
+# (the community edition's source was archived in 2025, see docs/OPERATIONS.md).
+MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
+PYTHON="${PYTHON:-}"
+WANT_BROWSER=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) WANT_BROWSER=1 ;;
+    *) echo "usage: $0 [--browser]" >&2; exit 2 ;;
+  esac
+done
+
+did=()
+log() { printf 'install: %s\n' "$*"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $*"; fi
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  if [ ! -f /var/lib/apt/periodic/update-success-stamp ] && \
+     [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]; then
+    as_root apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+  did+=("debian: ${missing[*]}")
+}
+
+# --- Debian packages ------------------------------------------------------------------
+command -v redis-server >/dev/null || apt_install redis-server
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light
+if [ "$WANT_BROWSER" = 1 ]; then command -v chromium >/dev/null || apt_install chromium; fi
+command -v java >/dev/null || apt_install openjdk-17-jre-headless
+command -v mvn >/dev/null || apt_install maven
+command -v go >/dev/null || die "Go is required to build MinIO (apt-get install golang, or see README)"
+
+# --- Python ------------------------------------------------------------------------------
+if [ -z "$PYTHON" ]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PYTHON="$cand"; break
+    fi
+  done
+fi
+[ -n "$PYTHON" ] || die "Python 3.11 is required (TensorFlow 2.21 and faust-streaming 0.15 are pinned for it)"
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+  did+=("python venv")
+fi
+lock_stamp="$(sha requirements.lock setup.cfg)"
+if [ "$(cat .venv/.imagerec-stamp 2>/dev/null)" != "$lock_stamp" ]; then
+  log "installing Python packages from requirements.lock (first time: a few minutes)"
+  .venv/bin/pip install -q --no-input -r requirements.lock
+  .venv/bin/pip install -q --no-input --no-deps --no-build-isolation -e .
+  echo "$lock_stamp" > .venv/.imagerec-stamp
+  did+=("python packages")
+fi
+
+# --- Kafka jars from Maven Central ---------------------------------------------------------
+mkdir -p "$HOME_DIR/kafka" "$HOME_DIR/bin"
+kafka_stamp="$(sha deploy/kafka/pom.xml)"
+if [ "$(cat "$HOME_DIR/kafka/.stamp" 2>/dev/null)" != "$kafka_stamp" ]; then
+  log "resolving Kafka jars from Maven Central"
+  rm -rf "$HOME_DIR/kafka/libs"
+  mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$HOME_DIR/kafka/libs" -DincludeScope=runtime
+  echo "$kafka_stamp" > "$HOME_DIR/kafka/.stamp"
+  did+=("kafka jars")
+fi
+
+# --- MinIO from the Go module proxy ---------------------------------------------------------
+if [ "$(cat "$HOME_DIR/bin/.minio-version" 2>/dev/null)" != "$MINIO_VERSION" ] || \
+   [ ! -x "$HOME_DIR/bin/minio" ]; then
+  log "building MinIO $MINIO_VERSION with go install (first time: several minutes)"
+  (cd /tmp && GOBIN="$HOME_DIR/bin" GOFLAGS=-buildvcs=false \
+     go install "github.com/minio/minio@$MINIO_VERSION")
+  echo "$MINIO_VERSION" > "$HOME_DIR/bin/.minio-version"
+  did+=("minio")
+fi
+
+if [ ${#did[@]} -eq 0 ]; then
+  log "everything is already installed: nothing to do"
+else
+  log "installed: ${did[*]}"
+fi

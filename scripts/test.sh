@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run the whole suite against the real stack. Starts the stack when it is not already up and
+# stops it afterwards (only if this script started it), whatever the tests' outcome.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+IMAGEREC=.venv/bin/imagerec
+started=0
+if ! $IMAGEREC stack status >/dev/null 2>&1; then
+  $IMAGEREC stack up || { echo "test: the stack failed to start; logs in .stack/logs" >&2
+                          $IMAGEREC stack down >/dev/null 2>&1; exit 1; }
+  started=1
+fi
+.venv/bin/ruff check . ; lint_rc=$?
+.venv/bin/pytest -ra "$@"
+rc=$?
+if [ "$started" = 1 ]; then $IMAGEREC stack down; fi
+[ "$rc" -ne 0 ] && exit "$rc"
+exit "$lint_rc"
