@@ -9,15 +9,16 @@ from app.logs import configure_logging
 
 def main() -> None:
     """Import every module that registers agents, tables and views, then run the worker."""
-    from app.faust_app import WORKER_ID, app
-    import web.views  # noqa: F401  (registers views)
-
-    try:  # the pipeline modules register agents and tables when present
-        import agents.classify  # noqa: F401
-        import agents.results  # noqa: F401
-    except ModuleNotFoundError:
-        pass
     import faust
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    import agents.classify  # noqa: F401  (registers agents, tables, views, timers)
+    import agents.results  # noqa: F401
+    import web.api  # noqa: F401
+    import web.views  # noqa: F401
+    from app.faust_app import WORKER_ID, app
+
+    setup_prometheus_sensors(app)
 
     worker = faust.Worker(app, loglevel=logging.INFO, redirect_stdouts=False,
                           override_logging=False)

@@ -6,7 +6,22 @@ from aiohttp import web
 
 from app.faust_app import WORKER_ID, app
 from app.health import readiness
+from app.runtime import get_classifier, loaded_classifier
 from app.settings import get_settings
+
+
+@app.task
+async def load_model() -> None:
+    """Load (and on first run convert) the model at start, not on the first image."""
+    await get_classifier()
+
+
+@app.timer(get_settings().model_poll_s)
+async def follow_default_model() -> None:
+    """Switch to a new default model without a restart (see Classifier.check_default)."""
+    classifier = loaded_classifier()
+    if classifier is not None:
+        await classifier.maybe_reload()
 
 
 @app.page("/healthz")
@@ -20,6 +35,12 @@ async def readyz(self, request):  # noqa: ANN001
     """200 only when Kafka, every bucket and Redis answer; names what is down otherwise."""
     report = await readiness(get_settings())
     report["worker"] = WORKER_ID
+    classifier = loaded_classifier()
+    report["model"] = ({"ok": True, "detail": classifier.model.ref} if classifier
+                       else {"ok": False, "detail": "loading"})
+    if classifier is None:
+        report["ready"] = False
+        report["down"].append("model")
     if report["ready"]:
         return web.json_response(report)
     return web.json_response(report, status=503, headers={"Retry-After": "5"})

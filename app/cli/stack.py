@@ -31,7 +31,8 @@ def _fail(exc: Exception) -> None:
 @click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for ready.")
 def up(timeout: float) -> None:
     """Start everything detached; a no-op when already up."""
-    from app.stack.manage import StackError, up as do_up
+    from app.stack.manage import StackError
+    from app.stack.manage import up as do_up
 
     try:
         do_up(wait_timeout_s=timeout)

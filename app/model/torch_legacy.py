@@ -69,8 +69,10 @@ class _TensorRef:
         if not self.shape:
             return base[self.offset].copy()
         itemsize = base.dtype.itemsize
-        needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
-        if needed > base.size or min(self.stride) < 0:
+        if len(self.shape) != len(self.stride):
+            raise TorchFileError(f"tensor shape/stride mismatch in storage {self.storage.key}")
+        span = sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True))
+        if self.offset + 1 + span > base.size or min(self.stride) < 0:
             raise TorchFileError(f"tensor view out of bounds of storage {self.storage.key}")
         view = np.lib.stride_tricks.as_strided(
             base[self.offset :],

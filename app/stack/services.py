@@ -196,7 +196,7 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
                 name=f"worker-{i}",
                 command=f"{py} -m app.worker",
                 ports=(worker_port(settings, i),),
-                env={"IMAGEREC_WORKER_ID": str(i)},
+                env={"IMAGEREC_WORKER_ID": str(i), "TF_CPP_MIN_LOG_LEVEL": "2"},
                 priority=50,
                 directory=str(layout.repo),
             )

@@ -1,0 +1,62 @@
+"""The results agent: one event at a time into the table, Redis and the webhook.
+
+Separate from the classify agent because table writes inside ``take()`` raise (faust-streaming
+issue 497), and because Redis and webhooks must not slow down inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from app import cache, metrics
+from app import results as res
+from app.callbacks import deliver_later
+from app.faust_app import app
+from app.logs import get_logger
+from app.topics import results_topic
+from tables.results import results_table
+
+log = get_logger(__name__)
+
+
+def _observe(result: dict) -> None:
+    if result["status"] == "done":
+        metrics.IMAGES_CLASSIFIED.labels(model=result["model"]["name"]).inc()
+    else:
+        metrics.IMAGES_FAILED.labels(reason=(result.get("error") or {}).get("code", "?")).inc()
+    try:
+        created = datetime.fromisoformat(result["created_at"].replace("Z", "+00:00"))
+        done = datetime.fromisoformat(result["completed_at"].replace("Z", "+00:00"))
+        metrics.END_TO_END_SECONDS.observe(max(0.0, (done - created).total_seconds()))
+    except (KeyError, TypeError, ValueError):
+        pass
+
+
+async def _cache(result: dict) -> None:
+    """Redis is a cache: if it is down, retrieval falls back to the table; retry briefly."""
+    for attempt in range(3):
+        try:
+            await cache.put_result(result)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if attempt == 2:
+                log.warning("result not cached in redis", image_id=result["id"], error=repr(exc))
+            else:
+                await asyncio.sleep(0.2 * (attempt + 1))
+
+
+@app.agent(results_topic, concurrency=1)
+async def store_results(stream):  # noqa: ANN001 - faust.StreamT
+    async for raw in stream:
+        try:
+            result = res.decode(raw)
+            image_id = result["id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable result message skipped", error=repr(exc))
+            continue
+        results_table[image_id] = result
+        await _cache(result)
+        _observe(result)
+        if result.get("callback_url"):
+            deliver_later(result)

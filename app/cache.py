@@ -1,0 +1,83 @@
+"""Redis: the fast retrieval tier (results with a TTL), de-duplication, recent list, fan-out.
+
+Redis is a cache: losing it loses nothing (the table and the bucket hold every result), so
+callers treat its errors as a miss, log them, and go on.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app import names
+from app import results as res
+from app.settings import get_settings
+
+RECENT_MAX = 500
+
+
+@lru_cache(maxsize=1)
+def get_redis() -> aioredis.Redis:
+    settings = get_settings()
+    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
+                                   socket_connect_timeout=2.0, health_check_interval=15,
+                                   max_connections=64)
+
+
+async def get_result(image_id: str) -> dict[str, Any] | None:
+    raw = await get_redis().get(names.redis_result(image_id))
+    return res.decode(raw) if raw else None
+
+
+async def put_result(result: dict[str, Any], ttl_s: int | None = None) -> None:
+    """Result with TTL, dedup pointer, recent list and a notification, in one round trip."""
+    ttl = ttl_s or get_settings().result_ttl_s
+    data = res.encode(result)
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.set(names.redis_result(result["id"]), data, ex=ttl)
+    if result["status"] == "done" and result.get("model"):
+        model = result["model"]
+        pipe.set(names.redis_dedup(result["sha256"], model["name"], model["version"]),
+                 result["id"], ex=ttl)
+    pipe.lpush(names.REDIS_RECENT, result["id"])
+    pipe.ltrim(names.REDIS_RECENT, 0, RECENT_MAX - 1)
+    pipe.delete(names.redis_processing(result["id"]))
+    pipe.publish(names.REDIS_CHANNEL, data)
+    await pipe.execute()
+
+
+async def find_duplicate(sha256: str, model_name: str, model_version: str) -> str | None:
+    raw = await get_redis().get(names.redis_dedup(sha256, model_name, model_version))
+    return raw.decode() if raw else None
+
+
+async def mark_processing(image_ids: list[str], ttl_s: int = 120) -> None:
+    if not image_ids:
+        return
+    pipe = get_redis().pipeline(transaction=False)
+    for image_id in image_ids:
+        pipe.set(names.redis_processing(image_id), b"1", ex=ttl_s)
+    await pipe.execute()
+
+
+async def is_processing(image_id: str) -> bool:
+    return bool(await get_redis().exists(names.redis_processing(image_id)))
+
+
+async def recent_ids(limit: int) -> list[str]:
+    raw = await get_redis().lrange(names.REDIS_RECENT, 0, max(0, limit - 1))
+    seen: list[str] = []
+    for item in raw:
+        image_id = item.decode()
+        if image_id not in seen:
+            seen.append(image_id)
+    return seen
+
+
+async def get_many(image_ids: list[str]) -> list[dict[str, Any] | None]:
+    if not image_ids:
+        return []
+    raws = await get_redis().mget([names.redis_result(i) for i in image_ids])
+    return [res.decode(r) if r else None for r in raws]

@@ -1,0 +1,145 @@
+"""``imagerec models``: list, import and choose the default model (an admin's tool).
+
+Custom models and the default live in the shared ``models`` bucket (S3 through
+``app.storage``), so every worker sees them; ``--local DIR`` uses a directory instead, for
+offline use. Model files are code: only admins should be able to run ``import``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from app.cli._quiet import quiet_native_stderr
+
+if TYPE_CHECKING:
+    from app.model.registry import ModelRegistry, ObjectStoreLike
+
+
+def open_store(local: str | Path | None) -> ObjectStoreLike:
+    """The shared S3 store from ``app.storage``, or a ``LocalStore`` on ``local``."""
+    from app.model.registry import LocalStore
+
+    if local:
+        return LocalStore(Path(local))
+    try:
+        from app.storage import get_store
+    except ImportError:  # storage not installed in this checkout: stay usable offline
+        from app.settings import get_settings
+
+        return LocalStore(get_settings().model_dir / "store")
+    return get_store()
+
+
+def _registry(ctx: click.Context) -> ModelRegistry:
+    from app.model.registry import ModelRegistry
+
+    return ModelRegistry(open_store(ctx.obj.get("local")))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.option("--local", type=click.Path(file_okay=False, path_type=Path),
+              envvar="IMAGEREC_MODELS_LOCAL",
+              help="Use this directory as the model store instead of S3.")
+@click.pass_context
+def models(ctx: click.Context, local: Path | None) -> None:
+    """List, import and set the default classification model.
+
+    \b
+    Examples:
+      imagerec models list
+      imagerec models import flowers.keras --labels flowers.txt --name flowers
+      imagerec models set-default flowers:v1
+      imagerec models set-default efficientnet_lite0
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["local"] = local
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """Show every model, its versions, availability and which one is the default."""
+    from app.model.registry import ModelError
+
+    try:
+        entries = _registry(ctx).list_models()
+    except (ModelError, OSError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        return
+    rows: list[tuple[Any, ...]] = [("", "NAME", "VERSION", "SOURCE", "AVAILABLE", "NOTE")]
+    for e in entries:
+        rows.append(("*" if e.is_default else "", e.name, e.version or "-", e.source,
+                     "yes" if e.available else "no", e.note))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
+        click.echo("  ".join(cells + [str(row[-1])]).rstrip())
+
+
+@models.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labels", "labels_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labels: one per line (class 0 first), or a JSON list of strings.")
+@click.option("--name", required=True, help="Model name: [a-z0-9_.-].")
+@click.option("--normalisation", default="tf", show_default=True,
+              type=click.Choice(["lite", "tf", "torch", "caffe", "unit", "none"]),
+              help="Input scaling the model was trained with (tf = [-1, 1]).")
+@click.option("--input-size", type=int, default=None,
+              help="Input side in pixels, for models that accept any size.")
+@click.option("--output", type=click.Choice(["logits", "probs"]), default=None,
+              help="What the model outputs (default: detected by a test inference).")
+@click.pass_context
+def import_(ctx: click.Context, file: Path, labels_path: Path, name: str, normalisation: str,
+            input_size: int | None, output: str | None) -> None:
+    """Validate a Keras model FILE (.keras/.h5) and store it as the next version of NAME."""
+    from app.model.registry import ModelError
+
+    try:
+        with quiet_native_stderr():
+            info = _registry(ctx).import_model(file, labels_path, name,
+                                               normalisation=normalisation,
+                                               input_size=input_size, output=output)
+    except ModelError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"imported {info.ref}: {info.num_classes} classes, input {info.input_size}px, "
+               f"{info.output}, normalisation {info.spec.normalisation}")
+
+
+@models.command("set-default")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Load the model and run a test inference before switching.")
+@click.pass_context
+def set_default(ctx: click.Context, ref: str, check: bool) -> None:
+    """Make NAME (newest version) or NAME:VERSION the default; workers switch within
+    ``model_poll_s`` seconds, without a restart."""
+    from app.model.classifier import Classifier
+    from app.model.registry import ModelError, parse_ref
+
+    registry = _registry(ctx)
+    name, version = parse_ref(ref)
+    try:
+        if check:
+            with quiet_native_stderr():
+                Classifier(registry, model=ref).close()
+        registry.set_default(name, version)
+    except (ModelError, ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)"))

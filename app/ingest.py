@@ -1,0 +1,117 @@
+"""Accepting one uploaded image: validate, de-duplicate, store the original, enqueue.
+
+Shared by the Faust upload view and the ``image-upload`` function, so both give the same
+answers. The order matters: the original is stored before the event is produced, and the
+client hears 202 only after Kafka acknowledged the event. If the produce fails the stored
+original is removed (best effort) and the client gets 503; the reconciler covers the rare case
+where that removal fails too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+from minio.error import S3Error
+
+from app import cache, imaging, names
+from app import results as res
+from app.broker import get_publisher
+from app.errors import ApiError, DependencyDown
+from app.ids import new_image_id
+from app.logs import get_logger
+from app.settings import get_settings
+from app.storage import ObjectMissing, get_store
+
+log = get_logger(__name__)
+
+ModelRef = Callable[[], Awaitable[tuple[str, str] | None]]
+
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
+    "bmp": "image/bmp", "tiff": "image/tiff",
+}
+
+
+def check_callback_url(url: str | None) -> str | None:
+    """Only absolute http(s) URLs; anything else is a 400 before we store a byte."""
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2048:
+        raise ApiError("callback_url must be an absolute http(s) URL", code="bad_callback_url")
+    return url
+
+
+async def _s3(call: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return await asyncio.to_thread(call, *args)
+    except ObjectMissing:
+        raise
+    except S3Error as exc:
+        raise DependencyDown("minio", exc.code) from exc
+    except Exception as exc:  # urllib3 connection errors, timeouts
+        raise DependencyDown("minio", type(exc).__name__) from exc
+
+
+async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, Any] | None:
+    """A finished result for the same bytes and the current model version, if Redis has one."""
+    if model_ref is None:
+        return None
+    try:
+        ref = await model_ref()
+        if ref is None:
+            return None
+        image_id = await cache.find_duplicate(sha256, *ref)
+        if image_id is None:
+            return None
+        found = await cache.get_result(image_id)
+    except Exception as exc:  # noqa: BLE001 - a cache miss, never a failed upload
+        log.warning("dedup lookup failed", error=repr(exc))
+        return None
+    if found and found.get("status") == "done":
+        return found
+    return None
+
+
+async def accept(data: bytes, *, request_id: str = "", callback_url: str | None = None,
+                 model_ref: ModelRef | None = None) -> tuple[int, dict[str, Any]]:
+    """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result.
+
+    Raises ``imaging.ImageError`` (413/415/422), ``ApiError`` (400) or ``DependencyDown``
+    (503).
+    """
+    settings = get_settings()
+    callback_url = check_callback_url(callback_url)
+    fmt, width, height = imaging.inspect(data)
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    existing = await find_existing(sha256, model_ref)
+    if existing is not None:
+        log.info("duplicate upload answered from cache", image_id=existing["id"])
+        return 200, res.view(existing, source="redis") | {"duplicate_of": existing["id"]}
+
+    image_id = new_image_id()
+    event = res.UploadEvent(
+        id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
+        request_id=request_id, callback_url=callback_url, width=width, height=height,
+    )
+    store = get_store()
+    await _s3(store.put_bytes, settings.bucket_input, names.original_key(image_id), data,
+              CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at})
+    try:
+        await get_publisher().send(settings.topic_uploads, image_id.encode(), event.to_bytes())
+    except DependencyDown:
+        try:
+            await _s3(store.delete, settings.bucket_input, names.original_key(image_id))
+        except Exception as exc:  # noqa: BLE001 - the reconciler re-enqueues it later
+            log.warning("could not remove original after failed produce", image_id=image_id,
+                        error=repr(exc))
+        raise
+    log.info("image accepted", image_id=image_id, format=fmt, bytes=len(data),
+             width=width, height=height)
+    body = res.view(res.queued(event)) | {"status": "queued"}
+    return 202, body

@@ -1,0 +1,28 @@
+"""Prometheus metrics of the pipeline, next to Faust's own sensors on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+IMAGES_RECEIVED = Counter("imagerec_images_received_total",
+                          "Images accepted by the upload API (202).", ["via"])
+UPLOADS_REJECTED = Counter("imagerec_uploads_rejected_total",
+                           "Uploads refused, by error code.", ["code"])
+IMAGES_CLASSIFIED = Counter("imagerec_images_classified_total",
+                            "Images that ended 'done'.", ["model"])
+IMAGES_FAILED = Counter("imagerec_images_failed_total",
+                        "Images that ended 'failed', by reason code.", ["reason"])
+DLQ_MESSAGES = Counter("imagerec_dlq_messages_total",
+                       "Messages sent to the dead-letter topic.")
+BATCH_SIZE = Histogram("imagerec_batch_size", "Images per classify batch.",
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
+INFERENCE_SECONDS = Histogram("imagerec_inference_seconds", "Model time per batch.",
+                              buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
+END_TO_END_SECONDS = Histogram("imagerec_end_to_end_seconds",
+                               "Upload accepted to result stored.",
+                               buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60))
+RETRIEVALS = Counter("imagerec_retrievals_total", "GET /v1/images/{id} by serving tier.",
+                     ["tier"])
+CONSUMER_LAG = Gauge("imagerec_consumer_lag", "End offset minus committed offset.",
+                     ["topic", "partition"])
+CALLBACKS = Counter("imagerec_callbacks_total", "Webhook deliveries by outcome.", ["outcome"])

@@ -1,0 +1,37 @@
+"""Every storage key and Redis key, in one place, so worker, functions and CLI agree."""
+
+from __future__ import annotations
+
+PREFIX = "imagerec"
+
+
+def original_key(image_id: str) -> str:
+    """Key in ``input-images``; the format is kept in object metadata, not in the name."""
+    return image_id
+
+
+def processed_key(image_id: str) -> str:
+    """Key in ``processed-images``: the exact 224x224 model input, as PNG."""
+    return f"{image_id}.png"
+
+
+def result_key(image_id: str) -> str:
+    """Key in ``classification-results``."""
+    return f"{image_id}.json"
+
+
+def redis_result(image_id: str) -> str:
+    return f"{PREFIX}:result:{image_id}"
+
+
+def redis_processing(image_id: str) -> str:
+    return f"{PREFIX}:processing:{image_id}"
+
+
+def redis_dedup(sha256: str, model_name: str, model_version: str) -> str:
+    """Same content + same model version = same answer; the value is the image id."""
+    return f"{PREFIX}:dedup:{model_name}:{model_version}:{sha256}"
+
+
+REDIS_RECENT = f"{PREFIX}:recent"
+REDIS_CHANNEL = f"{PREFIX}:results"

@@ -1,0 +1,65 @@
+"""Re-enqueue stored originals that never got a result (lost between the two upload writes,
+or sent while a worker lost its batch). Runs on the leader worker only.
+
+Image ids are ULIDs, so object keys sort by creation time: one bounded listing from
+``now - lookback`` covers the window without scanning the whole bucket.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ulid import ULID
+
+from app import names
+from app import results as res
+from app.broker import get_publisher
+from app.ingest import CONTENT_TYPES
+from app.logs import get_logger
+from app.settings import Settings
+from app.storage import ObjectStore
+
+log = get_logger(__name__)
+LOOKBACK_S = 24 * 3600
+_FORMATS = {v: k for k, v in CONTENT_TYPES.items()}
+
+
+def _ulid_floor(epoch_s: float) -> str:
+    return str(ULID.from_timestamp(epoch_s))[:10] + "0" * 16
+
+
+def find_orphans(store: ObjectStore, settings: Settings, now: float | None = None) -> list[Any]:
+    """Originals older than the grace period with no result object."""
+    now = time.time() if now is None else now
+    start = _ulid_floor(now - LOOKBACK_S)
+    cutoff = _ulid_floor(now - settings.reconcile_grace_s)
+    client = store.client
+    done = {o.object_name.removesuffix(".json") for o in client.list_objects(
+        settings.bucket_results, start_after=start)}
+    orphans = []
+    for obj in client.list_objects(settings.bucket_input, start_after=start):
+        if obj.object_name >= cutoff:
+            break
+        if obj.object_name not in done:
+            orphans.append(obj)
+    return orphans
+
+
+async def reconcile_once(store: ObjectStore, settings: Settings) -> int:
+    import asyncio
+
+    orphans = await asyncio.to_thread(find_orphans, store, settings)
+    for obj in orphans:
+        image_id = obj.object_name
+        stat = await asyncio.to_thread(store.client.stat_object, settings.bucket_input,
+                                       names.original_key(image_id))
+        meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}
+        event = res.UploadEvent(
+            id=image_id, sha256=meta.get("x-amz-meta-sha256", ""),
+            format=_FORMATS.get(stat.content_type or "", "unknown"), size=stat.size or 0,
+            created_at=meta.get("x-amz-meta-created-at", res.now_iso()), reconciled=True,
+        )
+        await get_publisher().send(settings.topic_uploads, image_id.encode(), event.to_bytes())
+        log.warning("re-enqueued an original without a result", image_id=image_id)
+    return len(orphans)

@@ -1,0 +1,142 @@
+"""The upload event and the result document: their one schema, encoding and filtering.
+
+Results are plain JSON dicts (not Faust Records) so that the table, Redis, the
+``classification-results`` bucket, the ``image-results`` topic, SSE and the HTTP API all carry
+byte-for-byte the same document.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from app.ids import is_image_id
+
+SCHEMA_VERSION = 1
+STORED_LABELS = 25  # how many labels a result keeps; `top_k` can ask for up to this many
+PRIVATE_FIELDS = ("callback_url",)  # stored with the result, never shown to clients
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class BadEvent(ValueError):
+    """A message on ``image-uploads`` that cannot be processed at all (goes to the DLQ)."""
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    """What the uploader tells the classify agent; everything else is in the object store."""
+
+    id: str
+    sha256: str
+    format: str
+    size: int
+    created_at: str
+    request_id: str = ""
+    callback_url: str | None = None
+    width: int = 0
+    height: int = 0
+    reconciled: bool = False
+    v: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> UploadEvent:
+        if not raw:
+            raise BadEvent("empty message")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadEvent(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise BadEvent("not a JSON object")
+        try:
+            event = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except TypeError as exc:
+            raise BadEvent(f"missing fields: {exc}") from exc
+        if not isinstance(event.id, str) or not is_image_id(event.id):
+            raise BadEvent(f"invalid image id {event.id!r}")
+        return event
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent in each stage, recorded in every finished result."""
+
+    queue_ms: float = 0.0
+    fetch_ms: float = 0.0
+    decode_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, float]:
+        out = {k: round(v, 2) for k, v in asdict(self).items() if k != "extra"}
+        out.update({k: round(v, 2) for k, v in self.extra.items()})
+        return out
+
+
+def _base(event: UploadEvent, status: str) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "status": status,
+        "sha256": event.sha256,
+        "model": None,
+        "labels": [],
+        "error": None,
+        "created_at": event.created_at,
+        "completed_at": None,
+        "timings": {},
+        "request_id": event.request_id,
+        "callback_url": event.callback_url,
+        "v": SCHEMA_VERSION,
+    }
+
+
+def queued(event: UploadEvent, status: str = "queued") -> dict[str, Any]:
+    return _base(event, status)
+
+
+def done(event: UploadEvent, model: dict[str, str], labels: list[dict[str, Any]],
+         timings: Timings) -> dict[str, Any]:
+    result = _base(event, "done")
+    result.update(model=model, labels=labels[:STORED_LABELS], completed_at=now_iso(),
+                  timings=timings.to_dict())
+    return result
+
+
+def failed(event: UploadEvent, code: str, message: str, timings: Timings,
+           model: dict[str, str] | None = None) -> dict[str, Any]:
+    result = _base(event, "failed")
+    result.update(model=model, error={"code": code, "message": message},
+                  completed_at=now_iso(), timings=timings.to_dict())
+    return result
+
+
+def encode(result: dict[str, Any]) -> bytes:
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(raw: bytes | str) -> dict[str, Any]:
+    return json.loads(raw)
+
+
+def is_final(result: dict[str, Any] | None) -> bool:
+    return bool(result) and result.get("status") in ("done", "failed")
+
+
+def view(result: dict[str, Any], *, top_k: int = 5, min_score: float = 0.0,
+         source: str | None = None) -> dict[str, Any]:
+    """What a client sees: labels cut to ``top_k`` and ``min_score``, plus links and source."""
+    out = {k: v for k, v in result.items() if k not in PRIVATE_FIELDS}
+    out["labels"] = [lab for lab in result.get("labels", []) if lab["score"] >= min_score][:top_k]
+    out["links"] = {"self": f"/v1/images/{result['id']}"} if result.get("id") else {}
+    if source:
+        out["source"] = source
+    return out

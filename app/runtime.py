@@ -1,0 +1,70 @@
+"""The process's classifier and model registry, created once and shared by every caller
+(agents, views, functions), so a process holds one model and one inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from app.model.classifier import Classifier
+from app.model.registry import ModelRegistry
+from app.storage import get_store
+
+_classifier: Classifier | None = None
+_lock: asyncio.Lock | None = None
+_ref_cache: tuple[float, tuple[str, str] | None] = (0.0, None)
+REF_TTL_S = 10.0
+
+
+def get_registry() -> ModelRegistry:
+    return ModelRegistry(store=get_store())
+
+
+async def get_classifier() -> Classifier:
+    """Loads the default model on first use (converting it if needed), off the event loop."""
+    global _classifier, _lock
+    if _classifier is not None:
+        return _classifier
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        if _classifier is None:
+            _classifier = await asyncio.to_thread(Classifier, get_registry())
+    return _classifier
+
+
+def loaded_classifier() -> Classifier | None:
+    return _classifier
+
+
+def _resolve_default() -> tuple[str, str]:
+    registry = get_registry()
+    name, version = registry.default_ref()
+    return name, registry.resolve_version(name, version)
+
+
+async def current_model_ref() -> tuple[str, str] | None:
+    """(name, version) new images are classified with; used for de-duplication."""
+    global _ref_cache
+    if _classifier is not None:
+        return _classifier.model.name, _classifier.model.version
+    stamp, ref = _ref_cache
+    if time.monotonic() - stamp < REF_TTL_S:
+        return ref
+    try:
+        ref = await asyncio.to_thread(_resolve_default)
+    except Exception:  # noqa: BLE001 - no dedup this time; the upload still succeeds
+        ref = None
+    _ref_cache = (time.monotonic(), ref)
+    return ref
+
+
+async def list_models() -> dict[str, Any]:
+    entries = await asyncio.to_thread(lambda: [e.to_dict() for e in get_registry().list_models()])
+    default = next((e for e in entries if e.get("default")), None)
+    serving = None
+    if _classifier is not None:
+        serving = {"name": _classifier.model.name, "version": _classifier.model.version}
+    return {"default": default["name"] if default else None, "serving": serving,
+            "models": entries}

@@ -1,0 +1,252 @@
+"""The ``/v1`` HTTP API served by every Faust worker (behind the Nginx gateway).
+
+Views only translate HTTP to calls into ``app.ingest``, ``app.retrieval`` and
+``app.pipeline`` and map their errors to the JSON error shape; no business logic lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from faust.web import View
+
+from app import imaging, ingest, metrics, retrieval
+from app import results as res
+from app.errors import ApiError, DependencyDown
+from app.faust_app import app, settings
+from app.ids import is_image_id
+from app.logs import get_logger
+from app.runtime import current_model_ref, get_classifier, list_models
+from web.errors import error_response
+from web.hub import get_hub
+
+log = get_logger(__name__)
+CHUNK = 256 * 1024
+MAX_FILES = 100
+MAX_WAIT_S = 60.0
+
+
+def _fail(exc: Exception) -> web.Response:
+    if isinstance(exc, imaging.ImageError):
+        metrics.UPLOADS_REJECTED.labels(code=exc.code).inc()
+        return error_response(exc.http_status, exc.code, exc.message)
+    if isinstance(exc, DependencyDown):
+        return error_response(503, exc.code, exc.message, {"Retry-After": "5"})
+    if isinstance(exc, ApiError):
+        return error_response(exc.http_status, exc.code, exc.message)
+    raise exc
+
+
+def _request_id(request: web.Request) -> str:
+    return request.headers.get("X-Request-ID", "")[:128]
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(f"{name} must be an integer", code="bad_parameter") from None
+    if not lo <= value <= hi:
+        raise ApiError(f"{name} must be between {lo} and {hi}", code="bad_parameter")
+    return value
+
+
+def _float_param(request: web.Request, name: str, default: float, lo: float,
+                 hi: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(f"{name} must be a number", code="bad_parameter") from None
+    if not lo <= value <= hi:
+        raise ApiError(f"{name} must be between {lo} and {hi}", code="bad_parameter")
+    return value
+
+
+async def _read_limited(reader: Any) -> bytes:
+    """Read one body or part in chunks, refusing as soon as it passes the byte limit."""
+    limit = settings.max_upload_bytes
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await reader.read_chunk(CHUNK) if hasattr(reader, "read_chunk") else \
+            await reader.read(CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise imaging.PayloadTooLarge(f"file is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploads(request: web.Request) -> tuple[list[tuple[str, bytes]], str | None]:
+    """(filename, bytes) per uploaded file, plus the optional callback_url."""
+    ctype = request.content_type
+    callback = request.query.get("callback_url")
+    files: list[tuple[str, bytes]] = []
+    if ctype.startswith("multipart/"):
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError) as exc:
+            raise ApiError(f"malformed multipart body: {exc}") from exc
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if part.name == "callback_url":
+                callback = (await part.text()).strip()
+            elif part.name == "file":
+                if len(files) >= MAX_FILES:
+                    raise ApiError(f"at most {MAX_FILES} files per request",
+                                   code="too_many_files")
+                files.append((part.filename or f"file{len(files) + 1}",
+                              await _read_limited(part)))
+            else:
+                await part.release()
+        if not files:
+            raise ApiError("no multipart field named 'file'", code="no_file")
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        files.append(("body", await _read_limited(request.content)))
+    else:
+        raise imaging.UnsupportedFormat(
+            f"send multipart/form-data with field 'file', or an image/* body (got {ctype!r})")
+    return files, callback
+
+
+@app.page("/v1/images")
+class Images(View):
+    """Upload one or many images; list recent results."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        try:
+            files, callback = await _uploads(request)
+            ingest.check_callback_url(callback)
+        except Exception as exc:  # noqa: BLE001 - mapped to JSON errors by _fail
+            return _fail(exc)
+        answers: list[tuple[int, dict[str, Any]]] = []
+        for filename, data in files:
+            try:
+                status, body = await ingest.accept(
+                    data, request_id=_request_id(request), callback_url=callback,
+                    model_ref=current_model_ref)
+                if status == 202:
+                    metrics.IMAGES_RECEIVED.labels(via="api").inc()
+                answers.append((status, body))
+            except Exception as exc:  # noqa: BLE001
+                failure = _fail(exc)
+                if len(files) == 1:
+                    return failure
+                answers.append((failure.status, {"filename": filename,
+                                                 **json.loads(failure.body)}))
+        if len(files) == 1:
+            status, body = answers[0]
+            return web.json_response(body, status=status)
+        if all(a[0] == 503 for a in answers):
+            return web.json_response([a[1] for a in answers], status=503,
+                                     headers={"Retry-After": "5"})
+        return web.json_response([a[1] for a in answers], status=202)
+
+    async def get(self, request: web.Request) -> web.Response:
+        try:
+            limit = _int_param(request, "limit", 50, 1, 200)
+            top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
+            found = await retrieval.recent(limit)
+        except Exception as exc:  # noqa: BLE001
+            if not isinstance(exc, ApiError):
+                exc = DependencyDown("redis", type(exc).__name__)
+            return _fail(exc)
+        return web.json_response({"images": [res.view(r, top_k=top_k) for r in found]})
+
+
+@app.page("/v1/images/{image_id}")
+class Image(View):
+    """One image's status and result, from the fastest tier that has it."""
+
+    async def get(self, request: web.Request, image_id: str) -> web.Response:
+        if not is_image_id(image_id):
+            return error_response(404, "not_found", "no image with this id")
+        try:
+            top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
+            min_score = _float_param(request, "min_score", 0.0, 0.0, 1.0)
+            wait = _float_param(request, "wait", 0.0, 0.0, MAX_WAIT_S)
+            found, tier = await retrieval.lookup(self, request, image_id)
+            if wait and (found is None or not res.is_final(found)) and tier != "routed":
+                if found is not None or await retrieval.original_exists(image_id):
+                    waited = await get_hub().wait_for(image_id, wait)
+                    if waited is not None:
+                        found, tier = waited, "event"
+        except Exception as exc:  # noqa: BLE001
+            return _fail(exc)
+        if tier == "routed":  # the owning worker already answered in full
+            return found  # type: ignore[return-value]
+        if found is None:
+            return error_response(404, "not_found", "no image with this id")
+        metrics.RETRIEVALS.labels(tier=tier).inc()
+        return web.json_response(res.view(found, top_k=top_k, min_score=min_score,
+                                          source=tier),
+                                 headers={"X-Imagerec-Source": tier})
+
+
+@app.page("/v1/classify")
+class Classify(View):
+    """Synchronous classification of one image: no queue, nothing stored."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        try:
+            top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
+            min_score = _float_param(request, "min_score", 0.0, 0.0, 1.0)
+            files, _ = await _uploads(request)
+            if len(files) != 1:
+                raise ApiError("send exactly one image", code="one_image_only")
+            from app.pipeline import classify_now
+
+            body = await classify_now(files[0][1], await get_classifier(), top_k, min_score)
+        except Exception as exc:  # noqa: BLE001
+            return _fail(exc)
+        return web.json_response(body)
+
+
+@app.page("/v1/models")
+class Models(View):
+    async def get(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await list_models())
+        except Exception as exc:  # noqa: BLE001
+            return _fail(DependencyDown("minio", repr(exc)[:100]))
+
+
+@app.page("/v1/events")
+class Events(View):
+    """Server-Sent Events: every finished result, as it is stored."""
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        await resp.write(b": connected\n\n")
+        queue = get_hub().subscribe()
+        try:
+            while True:
+                try:
+                    result = await asyncio.wait_for(queue.get(), 15.0)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                data = json.dumps(res.view(result), separators=(",", ":"))
+                await resp.write(f"event: result\nid: {result['id']}\ndata: {data}\n\n"
+                                 .encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            get_hub().unsubscribe(queue)
+        return resp
