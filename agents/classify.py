@@ -99,3 +99,25 @@ async def reconcile() -> None:
             log.info("reconciler re-enqueued images", count=count)
     except Exception as exc:  # noqa: BLE001 - next tick tries again
         log.warning("reconciler pass failed", error=repr(exc)[:200])
+
+
+@app.timer(10.0)
+async def report_consumer_lag() -> None:
+    """Lag = end offset - committed offset, per assigned partition of our two topics."""
+    consumer = app.consumer
+    ours = [tp for tp in consumer.assignment()
+            if tp.topic in (settings.topic_uploads, settings.topic_results)]
+    if not ours:
+        return
+    try:
+        ends = await consumer.highwaters(*ours)
+    except Exception as exc:  # noqa: BLE001 - a metric must never hurt the worker
+        log.debug("lag check failed", error=repr(exc)[:200])
+        return
+    committed = consumer._committed_offset  # noqa: SLF001 - faust exposes no public getter
+    for tp in ours:
+        done = committed.get(tp)
+        end = ends.get(tp)
+        if end is not None:
+            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, end - (done + 1 if done is not None else 0)))

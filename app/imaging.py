@@ -33,6 +33,7 @@ __all__ = [
     "UndecodableImage",
     "UnsupportedFormat",
     "decode",
+    "inspect",
     "model_input",
     "prepare",
     "sniff_format",
@@ -99,10 +100,10 @@ class PayloadTooLarge(ImageError):
 # Format sniffing
 # --------------------------------------------------------------------------------------------
 
-# our format name -> Pillow plugin ids allowed to open it. MPO is how Pillow names JPEGs that
-# carry extra pictures (most phone photos), so it rides along with JPEG.
+# our format name -> Pillow plugin ids allowed to open it (Pillow's JPEG plugin itself hands
+# multi-picture phone JPEGs to its MPO reader).
 ALLOWED_FORMATS: dict[str, tuple[str, ...]] = {
-    "jpeg": ("JPEG", "MPO"),
+    "jpeg": ("JPEG",),
     "png": ("PNG",),
     "webp": ("WEBP",),
     "gif": ("GIF",),
@@ -145,21 +146,28 @@ def sniff_format(data: bytes) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def decode(
+def inspect(
     data: bytes,
     *,
-    target: int | None = 256,
     max_pixels: int | None = None,
     min_side: int | None = None,
     max_bytes: int | None = None,
-) -> Image.Image:
-    """Validate and decode ``data`` into an upright 8-bit RGB image (first frame only).
+) -> tuple[str, int, int]:
+    """Validate ``data`` from its magic bytes and header only: ``(format, width, height)``.
 
-    ``target``: for JPEG, let libjpeg decode at a reduced DCT scale as long as both sides stay
-    >= ``target`` (256 keeps the 224 centre crop at full detail); ``None`` decodes full size.
-    Limits default to the settings (``max_pixels``, ``min_side_px``, ``max_upload_bytes``).
-    Raises a subclass of ``ImageError``; any other exception would be a bug.
+    Cheap enough for the upload path (no pixel is decoded), and it applies every limit
+    ``decode`` applies before decoding: bytes, allow-list, pixel count, minimum side.
+    A body that is corrupt past the header is only found by ``decode``.
     """
+    fmt, img = _validated_header(data, max_pixels, min_side, max_bytes)
+    width, height = img.size
+    img.close()
+    return fmt, width, height
+
+
+def _validated_header(
+    data: bytes, max_pixels: int | None, min_side: int | None, max_bytes: int | None
+) -> tuple[str, Image.Image]:
     settings = get_settings()
     max_pixels = settings.max_pixels if max_pixels is None else max_pixels
     min_side = settings.min_side_px if min_side is None else min_side
@@ -176,7 +184,25 @@ def decode(
         )
     if min(width, height) < min_side:
         raise ImageTooSmall(f"{width}x{height} is smaller than {min_side} px on a side")
+    return fmt, img
 
+
+def decode(
+    data: bytes,
+    *,
+    target: int | None = 256,
+    max_pixels: int | None = None,
+    min_side: int | None = None,
+    max_bytes: int | None = None,
+) -> Image.Image:
+    """Validate and decode ``data`` into an upright 8-bit RGB image (first frame only).
+
+    ``target``: for JPEG, let libjpeg decode at a reduced DCT scale as long as both sides stay
+    >= ``target`` (256 keeps the 224 centre crop at full detail); ``None`` decodes full size.
+    Limits default to the settings (``max_pixels``, ``min_side_px``, ``max_upload_bytes``).
+    Raises a subclass of ``ImageError``; any other exception would be a bug.
+    """
+    fmt, img = _validated_header(data, max_pixels, min_side, max_bytes)
     if fmt == "jpeg" and target is not None:
         img.draft(img.mode, (target, target))
     try:
@@ -202,8 +228,8 @@ def _open_header(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
             # Our own cap (below Pillow's default) decides; Pillow's warning is noise here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS[fmt]))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from exc
+    except Image.DecompressionBombError as exc:  # over Pillow's own (higher) guard
+        raise ImageTooLarge(f"over the limit of {max_pixels} pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
         raise UndecodableImage(f"cannot read {fmt} header: {exc}") from exc
     return img
@@ -318,17 +344,19 @@ class PreprocessSpec:
 def model_input(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Centre-crop a square of side ``short_side * crop_fraction`` and resize it to the input.
 
-    The crop box is fractional and handed to ``resize(box=...)``, so the crop is exactly
-    centred and no intermediate image is copied.
+    Integer arithmetic as in the EfficientNet reference (``_decode_and_center_crop``): side
+    ``int(fraction * short_side)``, offsets ``(excess + 1) // 2``. The crop is materialised
+    before resizing on purpose: ``resize(box=...)`` would let the bicubic filter read pixels
+    outside the crop and shift the border pixels away from the reference.
     """
     if img.mode != "RGB":
         img = _to_rgb(img)
     width, height = img.size
-    side = min(width, height) * spec.crop_fraction
-    left = (width - side) / 2.0
-    top = (height - side) / 2.0
-    size = (spec.input_size, spec.input_size)
-    return img.resize(size, _RESAMPLE[spec.resample], box=(left, top, left + side, top + side))
+    side = max(1, int(spec.crop_fraction * min(width, height)))
+    left = (width - side + 1) // 2
+    top = (height - side + 1) // 2
+    cropped = img.crop((left, top, left + side, top + side))
+    return cropped.resize((spec.input_size, spec.input_size), _RESAMPLE[spec.resample])
 
 
 def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -366,26 +394,3 @@ def prepare(data: bytes, spec: PreprocessSpec) -> tuple[Image.Image, np.ndarray]
     processed = model_input(img, spec)
     return processed, to_array(processed, spec)
 
-
-def inspect(data: bytes) -> tuple[str, int, int]:
-    """Validate format and limits from the header only; returns ``(format, width, height)``.
-
-    The upload path uses this so that it never decodes pixels (cheap, no memory spike) yet
-    refuses everything ``decode`` would refuse for its size or format.
-    """
-    settings = get_settings()
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"{len(data)} bytes is over the limit of {settings.max_upload_bytes} bytes"
-        )
-    fmt = sniff_format(data)
-    img = _open_header(data, fmt, settings.max_pixels)
-    width, height = img.size
-    if width * height > settings.max_pixels:
-        raise ImageTooLarge(
-            f"{width}x{height} = {width * height} pixels is over the limit of "
-            f"{settings.max_pixels}"
-        )
-    if min(width, height) < settings.min_side_px:
-        raise ImageTooSmall(f"{width}x{height} is smaller than {settings.min_side_px} px on a side")
-    return fmt, width, height

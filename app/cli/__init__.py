@@ -11,6 +11,10 @@ _COMMANDS = [
     "app.cli.stack:stack",
     "app.cli.classify:classify",
     "app.cli.models:models",
+    "app.cli.keys:keys",
+    "app.cli.client:upload",
+    "app.cli.client:get",
+    "app.cli.client:watch",
 ]
 
 

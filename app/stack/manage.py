@@ -152,7 +152,6 @@ def build(layout: Layout, settings: Settings) -> list[svc.Service]:
     props, log4j = svc.render_kafka(layout, settings)
     nginx_conf = svc.render_nginx(layout, settings, layout.repo / "deploy" / "nginx.conf.tmpl")
     progs = svc.services(layout, settings, props, log4j, nginx_conf)
-    format_kafka(layout, props)
     svc.render_supervisor(layout, progs)
     return progs
 
@@ -177,6 +176,7 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
     settings = _reload_settings(layout)
     progs = build(layout, settings)
     check_ports(progs)
+    format_kafka(layout, layout.run / "kafka" / "server.properties")
     started = time.monotonic()
     say("starting kafka, minio, redis ...")
     env = {**os.environ, "IMAGEREC_HOME": str(layout.home)}

@@ -50,4 +50,10 @@ def provision(settings: Settings) -> dict[str, list[str]]:
     """Everything the application expects to exist before a worker starts."""
     topics = asyncio.run(ensure_topics(settings))
     buckets = ensure_buckets(settings)
-    return {"topics": topics, "buckets": buckets}
+    # After the buckets exist: SSE-S3 by default on each, then one least-privilege MinIO
+    # user per component (app.stack.iam), before any worker or function starts with its key.
+    from app.stack import iam
+
+    encrypted = iam.ensure_bucket_encryption(settings)
+    users = iam.ensure_iam(settings)
+    return {"topics": topics, "buckets": buckets, "encrypted": encrypted, "users": users}

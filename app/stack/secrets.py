@@ -9,11 +9,15 @@ import os
 import secrets
 from pathlib import Path
 
+from app.stack.iam import generated_secrets
+
 _GENERATED = {
     "IMAGEREC_S3_ACCESS_KEY": lambda: "imagerec-" + secrets.token_hex(6),
     "IMAGEREC_S3_SECRET_KEY": lambda: secrets.token_urlsafe(30),
     "IMAGEREC_API_KEY_PEPPER": lambda: secrets.token_urlsafe(30),
     "IMAGEREC_CALLBACK_SECRET": lambda: secrets.token_urlsafe(30),
+    # per-component MinIO keys and the KMS key for encryption at rest (app.stack.iam)
+    **generated_secrets(),
 }
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.settings import Settings
+from app.stack import iam
 from app.stack.layout import Layout
+from app.stack.secrets import read_env_file
 
 KAFKA_HEAP = "-Xms256m -Xmx512m"
 
@@ -58,6 +60,8 @@ def function_port(settings: Settings, index: int) -> int:
 
 
 FUNCTIONS = ("image-upload", "image-classifier")
+# Which least-privilege MinIO key (app.stack.iam) each function runs with.
+FUNCTION_COMPONENTS = {"image-upload": "uploader", "image-classifier": "classifier"}
 
 
 def kafka_cluster_id() -> str:
@@ -159,6 +163,9 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
     _, s3_port = _host_port(settings.s3_endpoint, 9000)
     py = sys.executable
     minio_bin = layout.bin / "minio"
+    # Each program gets its component's least-privilege MinIO key (app.stack.iam), and MinIO
+    # its KMS key for SSE-S3; all generated into secrets.env before this is rendered.
+    generated = read_env_file(layout.secrets)
     result = [
         Service(
             name="kafka",
@@ -178,6 +185,7 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
                 "MINIO_ROOT_PASSWORD": settings.s3_secret_key,
                 "MINIO_BROWSER": "off",
                 "MINIO_UPDATE": "off",
+                **iam.minio_kms_env(generated),
             },
             priority=10,
         ),
@@ -196,7 +204,8 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
                 name=f"worker-{i}",
                 command=f"{py} -m app.worker",
                 ports=(worker_port(settings, i),),
-                env={"IMAGEREC_WORKER_ID": str(i), "TF_CPP_MIN_LOG_LEVEL": "2"},
+                env={"IMAGEREC_WORKER_ID": str(i), "TF_CPP_MIN_LOG_LEVEL": "2",
+                     **iam.program_env("worker", generated)},
                 priority=50,
                 directory=str(layout.repo),
             )
@@ -208,7 +217,9 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
                 name=f"fn-{fn}",
                 command=f"{py} -m functions.serve {fn}",
                 ports=(function_port(settings, index),),
-                env={"IMAGEREC_FUNCTION_PORT": str(function_port(settings, index))},
+                env={"IMAGEREC_FUNCTION_PORT": str(function_port(settings, index)),
+                     "TF_CPP_MIN_LOG_LEVEL": "2",
+                     **iam.program_env(FUNCTION_COMPONENTS[fn], generated)},
                 priority=60,
                 directory=str(layout.repo),
             )

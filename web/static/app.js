@@ -416,7 +416,8 @@ function upsertGallery(result, { append = false } = {}) {
   let item = state.gallery.get(result.id);
   if (!item) {
     const local = state.byServerId.get(result.id);
-    const card = newCard(local ? local.name : shortId(result.id));
+    const card = newCard(local ? local.name : galleryName(result));
+    card.querySelector(".card-name").title = `image ${result.id}`;
     item = { result, el: card };
     state.gallery.set(result.id, item);
     if (append) $("gallery").append(card);
@@ -438,8 +439,14 @@ function upsertGallery(result, { append = false } = {}) {
   refreshLabelOptions();
 }
 
-function shortId(id) {
-  return id.length > 12 ? `${id.slice(0, 6)}…${id.slice(-4)}` : id;
+/** Results from other clients carry no file name; when they were made is more useful than
+ * a time-sortable id whose first characters are all alike. */
+function galleryName(result) {
+  const when = Date.parse(result.completed_at || result.created_at || "");
+  if (!Number.isFinite(when)) return `…${String(result.id).slice(-6)}`;
+  const date = new Date(when);
+  const today = new Date().toDateString() === date.toDateString();
+  return today ? date.toLocaleTimeString() : date.toLocaleString();
 }
 
 function trimGallery() {

@@ -1,0 +1,335 @@
+"""API keys: creation, hashing, revocation, and the fast check the gateway relies on.
+
+Storage. One small JSON object per key under ``_auth/api-keys/<name>.json`` in the ``models``
+bucket (a prefix the model registry never lists). S3, not Redis: Redis is a cache that may be
+flushed, and keys must survive that and be shared by every worker. One object per key, not
+one document for all, so two admins creating keys at once cannot overwrite each other.
+
+Hashing. Only ``HMAC-SHA256(pepper, key)`` is stored. Keys are 256-bit random strings, so a
+slow password hash would buy nothing (there is no dictionary to guess from) and would cost
+CPU on every request; the pepper (``IMAGEREC_API_KEY_PEPPER``, kept outside the bucket) means a
+leaked bucket alone does not even allow checking a candidate key offline.
+
+Checking. Workers hold every key's hash in memory (``KeyCache``) and re-read the store at
+most every ``CACHE_TTL_S`` seconds, so a check is a dict lookup, a flood of made-up keys never
+reaches S3, and a revocation takes effect within a few seconds everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.logs import get_logger
+from app.results import now_iso
+from app.settings import Settings, get_settings
+
+log = get_logger(__name__)
+
+KEY_PREFIX = "irk_"  # recognisable by secret scanners and in support tickets
+STORE_PREFIX = "_auth/api-keys/"
+CACHE_TTL_S = 3.0
+DEV_KEY_NAME = "dev"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# What a key can look like: our own keys are irk_ + 43 URL-safe chars. Anything far outside
+# that is refused before hashing, so a huge header costs nothing.
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-.~+/=]{16,256}$")
+
+
+class ApiKeyError(Exception):
+    """An admin-facing problem with a key operation; the message says what to do."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The key store cannot be read and nothing is cached yet: the check must answer 503."""
+
+
+class StoreLike(Protocol):
+    """The part of ``app.storage.ObjectStore`` this module uses (tests pass a dict-backed one)."""
+
+    def put_bytes(self, bucket: str, key: str, data: bytes,
+                  content_type: str = ..., metadata: dict[str, str] | None = ...) -> None: ...
+
+    def get_bytes(self, bucket: str, key: str) -> bytes: ...
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What is stored per key: never the key itself."""
+
+    name: str
+    hash: str
+    created: str
+    revoked: str | None = None
+    v: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> KeyRecord:
+        """Parse a stored record; anything malformed is a ValueError (never a KeyError)."""
+        try:
+            data = json.loads(raw)
+            return cls(name=str(data["name"]), hash=str(data["hash"]),
+                       created=str(data.get("created", "")), revoked=data.get("revoked"))
+        except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"malformed API key record: {exc!r}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------------
+
+
+def new_key() -> str:
+    """A fresh key: 32 random bytes, URL-safe, so it fits headers and query strings as is."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _pepper_bytes(pepper: str) -> bytes:
+    if not pepper:
+        raise ApiKeyError("IMAGEREC_API_KEY_PEPPER is not set; run `make up` (it generates "
+                        ".stack/secrets.env) or set it in the environment")
+    return pepper.encode()
+
+
+def hash_key(key: str, pepper: str) -> str:
+    """The stored form of ``key``: hex HMAC-SHA256 keyed with the server's pepper."""
+    return hmac.new(_pepper_bytes(pepper), key.encode(), hashlib.sha256).hexdigest()
+
+
+def plausible_key(key: str | None) -> bool:
+    """Cheap shape check done before hashing; it rejects empty and absurd values."""
+    return key is not None and _KEY_RE.match(key) is not None
+
+
+def check_name(name: str) -> str:
+    """Names become object keys, so they are restricted to a safe, readable alphabet."""
+    if not NAME_RE.match(name or ""):
+        raise ApiKeyError(f"invalid key name {name!r}: use 1-63 of a-z 0-9 . _ - "
+                        "(starting with a letter or digit)")
+    return name
+
+
+def object_key(name: str) -> str:
+    return f"{STORE_PREFIX}{check_name(name)}.json"
+
+
+def extract_key(authorization: str | None, x_api_key: str | None,
+                query_key: str | None = None) -> str | None:
+    """The key a request carries: ``Authorization: Bearer``, then ``X-API-Key``, then query.
+
+    Callers pass ``query_key`` only where a header is impossible (EventSource), so keys do
+    not end up in URLs, logs and browser history elsewhere.
+    """
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    if query_key and query_key.strip():
+        return query_key.strip()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The store (admin operations; blocking, like app.storage)
+# --------------------------------------------------------------------------------------------
+
+
+class KeyStore:
+    """Create, list and revoke keys in the object store."""
+
+    def __init__(self, store: StoreLike | None = None, *, settings: Settings | None = None,
+                 bucket: str | None = None) -> None:
+        self.settings = settings or get_settings()
+        if store is None:
+            from app.storage import get_store
+
+            store = get_store()
+        self.store = store
+        self.bucket = bucket or self.settings.bucket_models
+
+    def get(self, name: str) -> KeyRecord | None:
+        try:
+            raw = self.store.get_bytes(self.bucket, object_key(name))
+        except KeyError:  # app.storage.ObjectMissing is a KeyError; S3 failures are not
+            return None
+        return KeyRecord.from_bytes(raw)
+
+    def _put(self, record: KeyRecord) -> None:
+        self.store.put_bytes(self.bucket, object_key(record.name), record.to_bytes(),
+                             "application/json")
+
+    def create(self, name: str, *, replace_active: bool = False) -> str:
+        """Store a new key under ``name`` and return the key (the only time it is seen).
+
+        A revoked name may be reused; an active one only with ``replace_active`` (rotation:
+        the old key stops working within ``CACHE_TTL_S``).
+        """
+        check_name(name)
+        existing = self.get(name)
+        if existing is not None and existing.active and not replace_active:
+            raise ApiKeyError(f"a key named {name!r} already exists; revoke it first or pick "
+                            "another name")
+        key = new_key()
+        self._put(KeyRecord(name=name, hash=hash_key(key, self.settings.api_key_pepper),
+                            created=now_iso()))
+        return key
+
+    def revoke(self, name: str) -> KeyRecord:
+        record = self.get(name)
+        if record is None:
+            raise ApiKeyError(f"no key named {name!r}")
+        if not record.active:
+            return record
+        record = replace(record, revoked=now_iso())
+        self._put(record)
+        return record
+
+    def records(self) -> list[KeyRecord]:
+        out = []
+        for obj in self.store.list_keys(self.bucket, STORE_PREFIX):
+            try:
+                out.append(KeyRecord.from_bytes(self.store.get_bytes(self.bucket, obj)))
+            except KeyError:  # deleted between list and get
+                continue
+            except (ValueError, TypeError) as exc:
+                log.warning("unreadable api key record skipped", object=obj, error=repr(exc))
+        return sorted(out, key=lambda r: (r.created, r.name))
+
+    def verify(self, key: str) -> KeyRecord | None:
+        """A direct (uncached) check; for the CLI and tests, not for the request path."""
+        if not plausible_key(key):
+            return None
+        digest = hash_key(key, self.settings.api_key_pepper)
+        return next((r for r in self.records() if r.active and
+                     hmac.compare_digest(r.hash, digest)), None)
+
+
+# --------------------------------------------------------------------------------------------
+# The request-path check (workers)
+# --------------------------------------------------------------------------------------------
+
+
+class KeyCache:
+    """Every active key's hash in memory, refreshed from the store at most every ``ttl_s``."""
+
+    def __init__(self, keystore_factory: Any = KeyStore, ttl_s: float = CACHE_TTL_S) -> None:
+        self._factory = keystore_factory
+        self._keystore: KeyStore | None = None
+        self.ttl_s = ttl_s
+        self._by_hash: dict[str, KeyRecord] = {}
+        self._loaded_at: float | None = None
+        self._retry_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def keystore(self) -> KeyStore:
+        if self._keystore is None:
+            self._keystore = self._factory()
+        return self._keystore
+
+    def _load(self) -> dict[str, KeyRecord]:
+        return {r.hash: r for r in self.keystore.records() if r.active}
+
+    async def _ensure_fresh(self) -> None:
+        now = time.monotonic()
+        if self._loaded_at is not None and now - self._loaded_at < self.ttl_s:
+            return
+        if self._loaded_at is not None and now < self._retry_at:
+            return  # the store failed a moment ago: keep serving what we have
+        async with self._lock:
+            now = time.monotonic()
+            if self._loaded_at is not None and now - self._loaded_at < self.ttl_s:
+                return
+            try:
+                table = await asyncio.to_thread(self._load)
+            except Exception as exc:  # noqa: BLE001 - S3 down, timeouts, bad credentials
+                if self._loaded_at is None:
+                    raise StoreUnavailable(f"cannot read API keys: {exc!r}"[:300]) from exc
+                # Known keys keep working through a store outage (no revocation can be
+                # written meanwhile either); retry soon rather than on every request.
+                log.warning("api key refresh failed; using cached keys", error=repr(exc))
+                self._retry_at = now + 1.0
+                return
+            self._by_hash = table
+            self._loaded_at = time.monotonic()
+
+    async def verify(self, key: str | None) -> KeyRecord | None:
+        """The record of an active key, or None. Raises ``StoreUnavailable`` (answer 503)."""
+        if key is None or not plausible_key(key):
+            return None
+        await self._ensure_fresh()
+        # The lookup is by an HMAC the caller cannot compute without the pepper, so dict
+        # timing reveals nothing usable; no constant-time scan over all keys is needed.
+        return self._by_hash.get(hash_key(key, self.keystore.settings.api_key_pepper))
+
+    def invalidate(self) -> None:
+        self._loaded_at = None
+
+
+# --------------------------------------------------------------------------------------------
+# The development key (``make up``)
+# --------------------------------------------------------------------------------------------
+
+
+def dev_key_path(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    return Path(settings.home) / "dev-api-key"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    os.chmod(path, 0o600)
+
+
+def ensure_dev_key(settings: Settings | None = None,
+                   keystore: KeyStore | None = None) -> tuple[Path, bool]:
+    """Make sure ``$IMAGEREC_HOME/dev-api-key`` holds an active key named ``dev``.
+
+    Returns ``(path, created)``. An existing file whose key still verifies is kept; if the
+    file is missing or its key is unknown (data wiped, key revoked) the ``dev`` key is
+    (re)issued, since a stored hash cannot be turned back into the key.
+    """
+    settings = settings or get_settings()
+    keystore = keystore or KeyStore(settings=settings)
+    path = dev_key_path(settings)
+    if path.exists():
+        current = path.read_text().strip()
+        record = keystore.verify(current)
+        if record is not None:
+            os.chmod(path, 0o600)
+            return path, False
+    key = keystore.create(DEV_KEY_NAME, replace_active=True)
+    _write_private(path, key + "\n")
+    return path, True
+
+
+def format_records(records: Iterable[KeyRecord]) -> list[dict[str, Any]]:
+    """What ``keys list`` shows: never the hash, never the key."""
+    return [{"name": r.name, "created": r.created, "revoked": r.revoked,
+             "active": r.active} for r in records]

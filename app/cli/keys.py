@@ -1,0 +1,97 @@
+"""``imagerec keys``: create, list and revoke API keys (an admin's tool).
+
+Keys live hashed in the shared object store (see ``app.apikeys``); the gateway picks up a new
+or revoked key within a few seconds, with no restart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _keystore():  # noqa: ANN202 - imported lazily so `imagerec --help` stays fast
+    from app.apikeys import KeyStore
+
+    return KeyStore()
+
+
+@click.group()
+def keys() -> None:
+    """Manage the API keys clients send to the gateway.
+
+    \b
+    Examples:
+      KEY=$(imagerec keys create --name alice)
+      imagerec keys list
+      imagerec keys revoke alice
+    """
+
+
+@keys.command()
+@click.option("--name", required=True, help="Who or what the key is for (a-z 0-9 . _ -).")
+@click.option("--replace", "replace_active", is_flag=True,
+              help="Rotate: issue a new key for a name that already has an active one.")
+def create(name: str, replace_active: bool) -> None:
+    """Print a new key on stdout (one line; it is shown only this once)."""
+    from app.apikeys import ApiKeyError
+
+    try:
+        key = _keystore().create(name, replace_active=replace_active)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - S3 down or misconfigured: say so, briefly
+        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
+        return
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(as_json: bool) -> None:
+    """Show every key's name, creation time and revocation time (never the key)."""
+    from app.apikeys import ApiKeyError, format_records
+
+    try:
+        rows = format_records(_keystore().records())
+    except ApiKeyError as exc:
+        _fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
+        return
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no API keys yet; create one with `imagerec keys create --name NAME`")
+        return
+    width = max(4, *(len(r["name"]) for r in rows))
+    click.echo(f"{'NAME':<{width}}  {'CREATED':<24}  REVOKED")
+    for row in rows:
+        click.echo(f"{row['name']:<{width}}  {row['created']:<24}  {row['revoked'] or '-'}")
+
+
+@keys.command()
+@click.argument("name")
+def revoke(name: str) -> None:
+    """Revoke the key called NAME; the gateway refuses it within a few seconds."""
+    from app.apikeys import ApiKeyError
+
+    try:
+        record = _keystore().revoke(name)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
+        return
+    click.echo(f"revoked {record.name} at {record.revoked}")

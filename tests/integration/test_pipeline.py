@@ -1,0 +1,268 @@
+"""The product end to end on the real stack: upload, Kafka, batched inference, every store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from app import names
+from app import results as res
+from app.ids import new_image_id
+from app.settings import get_settings
+from app.stack.layout import Layout
+from app.stack.manage import ctl, rpc
+from app.storage import ObjectStore, make_minio
+from tests.conftest import CAT_CLASSES, ESPRESSO, jpeg_of, photo_variants
+from tests.kafkatools import end_offsets, produce, read_from
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def store(settings) -> ObjectStore:
+    return ObjectStore(make_minio(settings))
+
+
+@pytest.fixture(scope="module")
+def rds(settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def upload_all(gateway, photos: list[bytes], concurrency: int = 32) -> list[dict]:
+    def one(data: bytes) -> dict:
+        for _ in range(20):
+            reply = gateway.upload(data)
+            if reply.status in (200, 202):
+                return reply.json()
+            if reply.status in (502, 503):  # a worker restarting: retry like a client would
+                time.sleep(0.5)
+                continue
+            raise AssertionError(f"upload answered {reply.status}: {reply.body[:300]!r}")
+        raise AssertionError("upload kept failing")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, photos))
+
+
+def wait_all(gateway, ids: list[str], timeout_s: float = 180) -> dict[str, dict]:
+    with ThreadPoolExecutor(16) as pool:
+        return dict(zip(ids, pool.map(lambda i: gateway.wait_done(i, timeout_s), ids),
+                        strict=True))
+
+
+def test_real_photos_are_classified_correctly(gateway) -> None:
+    cat = gateway.upload(jpeg_of("chelsea"))
+    coffee = gateway.upload(jpeg_of("coffee"))
+    assert cat.status in (200, 202) and coffee.status in (200, 202)
+    cat_result = gateway.wait_done(cat.json()["id"])
+    coffee_result = gateway.wait_done(coffee.json()["id"])
+    assert cat_result["status"] == "done"
+    assert cat_result["labels"][0]["class_id"] in CAT_CLASSES
+    assert coffee_result["labels"][0]["class_id"] == ESPRESSO
+    assert coffee_result["labels"][0]["score"] > 0.9
+    assert cat_result["model"]["name"] == "efficientnet_lite0" and cat_result["model"]["version"]
+
+
+def test_200_concurrent_uploads_end_done_everywhere(gateway, settings, store, rds) -> None:
+    starts = {t: end_offsets(settings.kafka_bootstrap, t)
+              for t in (settings.topic_uploads, settings.topic_results)}
+    photos = photo_variants(200, seed=int(time.time()))
+    accepted = upload_all(gateway, photos)
+    ids = [a["id"] for a in accepted]
+    assert len(set(ids)) == 200
+    results = wait_all(gateway, ids)
+    assert all(r["status"] == "done" for r in results.values()), [
+        r for r in results.values() if r["status"] != "done"][:3]
+
+    for image_id in ids:
+        ttl = rds.ttl(names.redis_result(image_id))
+        assert 0 < ttl <= settings.result_ttl_s, (image_id, ttl)
+        stored = json.loads(store.get_bytes(settings.bucket_results, names.result_key(image_id)))
+        assert stored["labels"] == results[image_id]["labels"][: len(stored["labels"])] or \
+            stored["labels"][:5] == results[image_id]["labels"]
+        from app.pipeline import png_size
+
+        assert png_size(store.get_bytes(settings.bucket_processed,
+                                        names.processed_key(image_id))) == (224, 224)
+
+    for topic, start in starts.items():
+        records = read_from(settings.kafka_bootstrap, topic, start,
+                            lambda recs: {r.key.decode() for r in recs if r.key} >= set(ids),
+                            timeout_s=30)
+        seen = {r.key.decode() for r in records if r.key}
+        assert set(ids) <= seen, f"{topic} lacks {len(set(ids) - seen)} ids"
+
+
+def test_after_redis_flush_results_come_from_table_or_storage(gateway, rds) -> None:
+    photos = photo_variants(20, seed=12345 + int(time.time()))
+    ids = [a["id"] for a in upload_all(gateway, photos)]
+    before = wait_all(gateway, ids)
+    for image_id in ids:  # wait until the results agent has cached them
+        deadline = time.monotonic() + 10
+        while gateway.get(f"/v1/images/{image_id}").json().get("source") != "redis":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    rds.flushdb()
+    tiers = set()
+    for image_id in ids:
+        reply = gateway.get(f"/v1/images/{image_id}")
+        assert reply.status == 200
+        after = reply.json()
+        tiers.add(after.pop("source"))
+        expected = dict(before[image_id])
+        expected.pop("source")
+        assert after == expected
+    assert tiers <= {"table", "storage"} and tiers, tiers
+    assert "table" in tiers, "the table tier never answered"
+
+
+def test_same_image_twice_is_classified_once(gateway) -> None:
+    data = photo_variants(1, seed=int(time.time() * 1000) % 100000)[0]
+    first = gateway.upload(data)
+    assert first.status == 202
+    done = gateway.wait_done(first.json()["id"])
+    time.sleep(0.5)  # the results agent writes the dedup key right after the result
+    second = gateway.upload(data)
+    assert second.status == 200, second.body
+    body = second.json()
+    assert body["status"] == "done"
+    assert body["id"] == done["id"] and body["labels"] == done["labels"]
+
+
+def _worker_pid(name: str) -> int:
+    layout = Layout.from_settings(get_settings())
+    return next(p["pid"] for p in rpc(layout).supervisor.getAllProcessInfo()
+                if p["name"] == name)
+
+
+def test_worker_killed_mid_run_loses_nothing(gateway, settings) -> None:
+    start = end_offsets(settings.kafka_bootstrap, settings.topic_results)
+    photos = photo_variants(500, seed=777 + int(time.time()))
+    with ThreadPoolExecutor(1) as side:
+        uploading = side.submit(upload_all, gateway, photos, 16)
+        time.sleep(2.0)
+        victim = _worker_pid("worker-2")
+        os.kill(victim, signal.SIGKILL)  # supervisord restarts it
+        accepted = uploading.result(timeout=600)
+    ids = [a["id"] for a in accepted]
+    assert len(set(ids)) == 500
+    results = wait_all(gateway, ids, timeout_s=300)
+    assert all(r["status"] == "done" for r in results.values())
+    assert _worker_pid("worker-2") != victim
+
+    records = read_from(settings.kafka_bootstrap, settings.topic_results, start,
+                        lambda recs: {r.key.decode() for r in recs if r.key} >= set(ids),
+                        timeout_s=60)
+    by_id: dict[str, set[str]] = {}
+    for rec in records:
+        result = res.decode(rec.value)
+        if result["id"] in results:
+            by_id.setdefault(result["id"], set()).add(
+                json.dumps([(lab["class_id"], lab["score"]) for lab in result["labels"]]))
+    assert set(by_id) == set(ids)
+    assert all(len(v) == 1 for v in by_id.values()), "an image got two different results"
+
+
+def test_garbage_and_missing_objects_do_not_stop_the_agent(gateway, settings) -> None:
+    dlq_start = end_offsets(settings.kafka_bootstrap, settings.topic_dlq)
+    garbage = b"\x00\xffnot json at all " + uuid.uuid4().bytes
+    missing = res.UploadEvent(id=new_image_id(), sha256="0" * 64, format="jpeg", size=10,
+                              created_at=res.now_iso())
+    produce(settings.kafka_bootstrap, settings.topic_uploads,
+            [(b"garbage", garbage), (missing.id.encode(), missing.to_bytes())])
+    after = gateway.upload(photo_variants(1, seed=int(time.time()) % 9999 + 5)[0])
+    assert after.status == 202
+    assert gateway.wait_done(after.json()["id"])["status"] == "done"
+
+    failed = gateway.wait_done(missing.id)  # the result exists though no original ever did
+    assert failed["status"] == "failed" and failed["error"]["code"] == "missing_original"
+    records = read_from(settings.kafka_bootstrap, settings.topic_dlq, dlq_start,
+                        lambda recs: any(r.value == garbage for r in recs), timeout_s=30)
+    dead = [r for r in records if r.value == garbage]
+    assert dead and dict(dead[0].headers).get("error", b"").startswith(b"not JSON")
+
+
+def test_minio_down_answers_503_and_queued_events_complete_later(gateway, settings, store) -> None:
+    # Originals stored and events queued just before the outage (as the upload path does).
+    photos = photo_variants(5, seed=4242 + int(time.time()))
+    events = []
+    for data in photos:
+        import hashlib
+
+        event = res.UploadEvent(id=new_image_id(), sha256=hashlib.sha256(data).hexdigest(),
+                                format="jpeg", size=len(data), created_at=res.now_iso())
+        store.put_bytes(settings.bucket_input, names.original_key(event.id), data,
+                        "image/jpeg")
+        events.append(event)
+    count_before = len(store.list_keys(settings.bucket_input))
+    ctl("stop", "minio")
+    try:
+        produce(settings.kafka_bootstrap, settings.topic_uploads,
+                [(e.id.encode(), e.to_bytes()) for e in events])
+        reply = gateway.upload(photo_variants(1, seed=99 + int(time.time()))[0])
+        assert reply.status == 503, reply.body
+        assert reply.headers.get("Retry-After")
+        assert reply.json()["error"]["code"] == "dependency_unavailable"
+        time.sleep(3)
+        for e in events:  # nothing can finish while the store is down
+            status = gateway.get(f"/v1/images/{e.id}").status
+            assert status in (404, 503), status
+    finally:
+        ctl("start", "minio")
+    results = wait_all(gateway, [e.id for e in events], timeout_s=120)
+    assert all(r["status"] == "done" for r in results.values()), results
+    assert len(store.list_keys(settings.bucket_input)) == count_before
+
+
+def test_bad_uploads_get_clear_errors(gateway) -> None:
+    text = gateway.upload(b"hello, I am text", filename="x.jpg")
+    assert text.status == 415 and text.json()["error"]["code"] == "unsupported_format"
+    empty = gateway.upload(b"", filename="empty.jpg")
+    assert empty.status == 422 and empty.json()["error"]["code"] == "undecodable"
+    truncated = gateway.upload(jpeg_of("chelsea")[:200])
+    assert truncated.status in (202, 422)
+    if truncated.status == 202:  # the header was fine; decoding fails in the worker
+        result = gateway.wait_done(truncated.json()["id"])
+        assert result["status"] == "failed" and result["error"]["code"] == "undecodable"
+    unknown = gateway.get(f"/v1/images/{new_image_id()}")
+    assert unknown.status == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert gateway.get("/v1/images/not-an-id").status == 404
+
+
+def test_many_files_in_one_request_and_sync_classify(gateway) -> None:
+    import urllib3
+
+    photos = photo_variants(3, seed=31337 + int(time.time()))
+    fields = [("file", (f"p{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
+    fields.append(("file", ("bad.jpg", b"not an image", "image/jpeg")))
+    body, ctype = urllib3.encode_multipart_formdata(fields)
+    reply = gateway.post_raw("/v1/images", body, ctype)
+    assert reply.status == 202
+    items = reply.json()
+    assert len(items) == 4 and all("id" in it for it in items[:3])
+    assert items[3]["error"]["code"] == "unsupported_format"
+
+    sync = gateway.post_raw("/v1/classify", jpeg_of("coffee"), "image/jpeg")
+    assert sync.status == 200
+    assert sync.json()["labels"][0]["class_id"] == ESPRESSO
+
+
+def test_models_and_metrics(gateway, settings) -> None:
+    models = gateway.get("/v1/models").json()
+    assert models["default"] == "efficientnet_lite0"
+    import urllib.request
+
+    port = settings.web_port  # /metrics is not on the public listener; read a worker directly
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for metric in ("imagerec_images_received_total", "imagerec_images_classified_total",
+                   "imagerec_batch_size_bucket", "imagerec_inference_seconds_bucket",
+                   "imagerec_end_to_end_seconds_bucket", "imagerec_retrievals_total",
+                   "imagerec_consumer_lag"):
+        assert metric in text, metric
