@@ -124,6 +124,35 @@ def java_cmd(layout: Layout) -> str:
     return f"{java} -cp '{layout.kafka_libs}/*'"
 
 
+def _nginx_rate(rps: float) -> str:
+    """limit_req takes whole requests per second or per minute; fractions become r/m."""
+    if rps <= 0:
+        raise ValueError("rate_limit_rps must be positive")
+    return f"{int(rps)}r/s" if float(rps).is_integer() else f"{max(1, round(rps * 60))}r/m"
+
+
+def tls_files(layout: Layout) -> tuple[Path, Path] | None:
+    """The gateway's certificate and key (scripts/make-cert.sh), when both exist."""
+    cert, key = layout.home / "tls" / "cert.pem", layout.home / "tls" / "key.pem"
+    return (cert, key) if cert.exists() and key.exists() else None
+
+
+def _tls_lines(layout: Layout, settings: Settings) -> str:
+    files = tls_files(layout)
+    if files is None:
+        return "        # TLS: off (run scripts/make-cert.sh, then restart the stack)"
+    cert, key = files
+    return "\n".join(f"        {line}" for line in (
+        f"listen 127.0.0.1:{settings.gateway_tls_port} ssl http2;",
+        f"ssl_certificate {cert};",
+        f"ssl_certificate_key {key};",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "ssl_prefer_server_ciphers off;",
+        "ssl_session_cache shared:imagerec_tls:1m;",
+        "ssl_session_timeout 1h;",
+    ))
+
+
 def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
     """Fill the repo's gateway template with this stack's ports and paths."""
     conf_dir = layout.run / "nginx"
@@ -145,8 +174,15 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
         "FN_UPLOAD": f"127.0.0.1:{function_port(settings, 0)}",
         "FN_CLASSIFIER": f"127.0.0.1:{function_port(settings, 1)}",
         "STATIC": str(layout.repo / "web" / "static"),
-        "MAX_BODY": f"{max(1, settings.max_upload_bytes // (1024 * 1024))}m",
+        # one image of max_upload_bytes plus 64 KiB of multipart envelope
+        "MAX_BODY": str(settings.max_upload_bytes + 64 * 1024),
+        "MAX_BODY_HUMAN": f"{settings.max_upload_bytes} bytes (one image) plus 64 KiB",
         "MIME_TYPES": "/etc/nginx/mime.types",
+        "DEPLOY": str(layout.repo / "deploy"),
+        "RATE_LIMIT": _nginx_rate(settings.rate_limit_rps),
+        "RATE_HUMAN": f"{settings.rate_limit_rps:g} requests/s",
+        "RATE_BURST": str(max(0, settings.rate_limit_burst)),
+        "TLS": _tls_lines(layout, settings),
     }
     text = template.read_text()
     for key, value in values.items():
@@ -198,6 +234,12 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             priority=10,
         ),
     ]
+    worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if "IMAGEREC_INFERENCE_THREADS" not in os.environ:
+        # Workers share the cores: one inference thread each when there are as many workers
+        # as cores, so decoding in one process overlaps inference in the other.
+        worker_env["IMAGEREC_INFERENCE_THREADS"] = str(
+            max(1, (os.cpu_count() or 1) // max(1, settings.workers)))
     for i in range(1, settings.workers + 1):
         result.append(
             Service(
@@ -228,7 +270,8 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
         Service(
             name="nginx",
             command=f"{shutil.which('nginx') or '/usr/sbin/nginx'} -e stderr -c {nginx_conf}",
-            ports=(gateway_port(settings),),
+            ports=(gateway_port(settings),)
+            + ((settings.gateway_tls_port,) if tls_files(layout) else ()),
             priority=90,
         )
     )

@@ -1,0 +1,179 @@
+"""End-to-end benchmark: 1000 real JPEGs through the gateway, results followed over SSE.
+
+Reports, in one run:
+- end-to-end images/second (first upload sent -> last result received) at bounded concurrency,
+- upload-to-result latency p50/p95/p99 under that load,
+- p50 latency at light load (a steady 10 images/second),
+- the in-process ceiling: decode + preprocess + infer of the same images in this process with
+  the same engine, one after the other (what a single process without Kafka, MinIO or Redis
+  does).
+The last line is machine-readable. Needs the stack up (`make up`); run with `make bench` or
+`.venv/bin/python bench/pipeline.py [--images 1000] [--concurrency 48]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.settings import get_settings  # noqa: E402
+from tests.conftest import photo_variants  # noqa: E402
+
+
+def _key() -> str | None:
+    if os.environ.get("IMAGEREC_API_KEY"):
+        return os.environ["IMAGEREC_API_KEY"]
+    path = get_settings().home / "dev-api-key"
+    return path.read_text().strip() if path.exists() else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+class Follower:
+    """One SSE connection; records when each result arrives."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, key: str | None) -> None:
+        self.session, self.base, self.key = session, base, key
+        self.arrived: dict[str, float] = {}
+        self.events: dict[str, asyncio.Event] = {}
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        params = {"api_key": self.key} if self.key else {}
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self.session.get(f"{self.base}/v1/events", params=params,
+                                    timeout=timeout) as resp:
+            resp.raise_for_status()
+            self.ready.set()
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if line.startswith("data:"):
+                    result = json.loads(line[5:])
+                    now = time.perf_counter()
+                    self.arrived.setdefault(result["id"], now)
+                    self.events.setdefault(result["id"], asyncio.Event()).set()
+
+
+async def upload(session: aiohttp.ClientSession, base: str, key: str | None,
+                 data: bytes) -> tuple[str, float]:
+    headers = {"Content-Type": "image/jpeg"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    for _ in range(50):
+        sent = time.perf_counter()
+        async with session.post(f"{base}/v1/images", data=data, headers=headers) as resp:
+            if resp.status in (200, 202):
+                return (await resp.json())["id"], sent
+            if resp.status in (429, 502, 503):
+                await asyncio.sleep(float(resp.headers.get("Retry-After", "0.2")))
+                continue
+            raise RuntimeError(f"upload failed: {resp.status} {await resp.text()}")
+    raise RuntimeError("upload kept being refused")
+
+
+async def run_load(base: str, key: str | None, photos: list[bytes], concurrency: int,
+                   rate: float | None) -> tuple[float, list[float]]:
+    """Returns (images/second, latencies in ms)."""
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        follower = Follower(session, base, key)
+        task = asyncio.create_task(follower.run())
+        await asyncio.wait_for(follower.ready.wait(), 10)
+        sem = asyncio.Semaphore(concurrency)
+        sent_at: dict[str, float] = {}
+        start = time.perf_counter()
+
+        async def one(i: int, data: bytes) -> None:
+            if rate:
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            async with sem:
+                image_id, sent = await upload(session, base, key, data)
+                sent_at[image_id] = sent
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(photos)))
+        deadline = time.perf_counter() + 300
+        while time.perf_counter() < deadline and not set(sent_at) <= set(follower.arrived):
+            await asyncio.sleep(0.05)
+        task.cancel()
+        missing = set(sent_at) - set(follower.arrived)
+        if missing:
+            raise RuntimeError(f"{len(missing)} results never arrived")
+        end = max(follower.arrived[i] for i in sent_at)
+        latencies = [(follower.arrived[i] - sent_at[i]) * 1000 for i in sent_at]
+        return len(photos) / (end - start), latencies
+
+
+def ceiling(photos: list[bytes]) -> float:
+    """Decode + preprocess + infer, one image after the other, in this process."""
+    from app.imaging import prepare
+    from app.model.classifier import Classifier
+
+    clf = Classifier()
+    loaded = clf.current
+    for data in photos[:20]:  # warm up
+        clf.classify_arrays_sync([prepare(data, loaded.spec)[1]], model=loaded)
+    t0 = time.perf_counter()
+    for data in photos:
+        clf.classify_arrays_sync([prepare(data, loaded.spec)[1]], model=loaded)
+    elapsed = time.perf_counter() - t0
+    clf.close()
+    return len(photos) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=48)
+    parser.add_argument("--light-images", type=int, default=100)
+    parser.add_argument("--light-rate", type=float, default=10.0)
+    args = parser.parse_args()
+    settings = get_settings()
+    base, key = settings.gateway_url, _key()
+    seed = int(time.time())  # fresh bytes every run: no de-duplication shortcut
+    photos = photo_variants(args.images, seed=seed)
+    light = photo_variants(args.light_images, seed=seed + 1)
+    sizes = [len(p) for p in photos]
+    print(f"images: {len(photos)} real JPEGs, median {statistics.median(sizes) / 1024:.0f} KiB; "
+          f"gateway {base}; batch {settings.batch_size} within {settings.batch_window_s}s")
+
+    print("warm-up ...", flush=True)
+    asyncio.run(run_load(base, key, photo_variants(40, seed=seed + 2), args.concurrency, None))
+    print(f"light load: {args.light_images} images at {args.light_rate}/s ...", flush=True)
+    _, light_lat = asyncio.run(run_load(base, key, light, 8, args.light_rate))
+    print(f"heavy load: {len(photos)} images, concurrency {args.concurrency} ...", flush=True)
+    rate, lat = asyncio.run(run_load(base, key, photos, args.concurrency, None))
+    print("in-process ceiling ...", flush=True)
+    ceil = ceiling(photos)
+
+    print()
+    print(f"{'measure':34} {'value':>10}")
+    print(f"{'pipeline images/s':34} {rate:10.1f}")
+    print(f"{'in-process ceiling images/s':34} {ceil:10.1f}")
+    print(f"{'ratio':34} {rate / ceil:10.2f}")
+    for q in (50, 95, 99):
+        print(f"{f'latency p{q} ms (heavy)':34} {percentile(lat, q):10.0f}")
+    print(f"{'latency p50 ms (light, 10/s)':34} {percentile(light_lat, 50):10.0f}")
+    print(f"{'latency p95 ms (light, 10/s)':34} {percentile(light_lat, 95):10.0f}")
+    print(f"pipeline_img_s={rate:.1f} ceiling_img_s={ceil:.1f} ratio={rate / ceil:.2f} "
+          f"p50_ms={percentile(lat, 50):.0f} p95_ms={percentile(lat, 95):.0f} "
+          f"p99_ms={percentile(lat, 99):.0f} light_p50_ms={percentile(light_lat, 50):.0f}")
+
+
+if __name__ == "__main__":
+    main()

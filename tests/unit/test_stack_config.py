@@ -1,0 +1,61 @@
+"""Rendering of the stack's configs and the secrets file, without starting anything."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from app.settings import Settings
+from app.stack import services as svc
+from app.stack.layout import Layout
+from app.stack.manage import StackError, check_ports
+from app.stack.secrets import ensure_secrets, read_env_file
+
+
+def test_secrets_are_generated_once_and_private(tmp_path) -> None:
+    path = tmp_path / "secrets.env"
+    first = ensure_secrets(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert first["IMAGEREC_S3_SECRET_KEY"] and len(first["IMAGEREC_S3_SECRET_KEY"]) >= 30
+    assert ensure_secrets(path) == first == {k: v for k, v in read_env_file(path).items()
+                                             if k in first}
+
+
+def test_kafka_config_is_single_node_kraft_without_auto_create(tmp_path) -> None:
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    props, _ = svc.render_kafka(layout, Settings(home=tmp_path))
+    text = props.read_text()
+    assert "process.roles=broker,controller" in text
+    assert "auto.create.topics.enable=false" in text
+    assert "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in text
+
+
+def test_nginx_config_lists_every_worker(tmp_path) -> None:
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    settings = Settings(home=tmp_path, workers=3)
+    conf = svc.render_nginx(layout, settings, layout.repo / "deploy" / "nginx.conf.tmpl")
+    text = conf.read_text()
+    for port in (6066, 6067, 6068):
+        assert f"server 127.0.0.1:{port}" in text
+    unfilled = [line for line in text.splitlines()
+                if "{{" in line and not line.lstrip().startswith("#")]
+    assert not unfilled
+
+
+def test_port_conflict_names_port_and_service() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        progs = [svc.Service(name="redis", command="x", ports=(port,))]
+        with pytest.raises(StackError, match=rf"port {port} \(needed by redis\)"):
+            check_ports(progs)
+    check_ports(progs)  # free again: no error
+
+
+def test_cluster_id_is_kafka_shaped() -> None:
+    cid = svc.kafka_cluster_id()
+    assert len(cid) == 22 and "=" not in cid
