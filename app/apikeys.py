@@ -10,9 +10,10 @@ slow password hash would buy nothing (there is no dictionary to guess from) and 
 CPU on every request; the pepper (``IMAGEREC_API_KEY_PEPPER``, kept outside the bucket) means a
 leaked bucket alone does not even allow checking a candidate key offline.
 
-Checking. Workers hold every key's hash in memory (``KeyCache``) and re-read the store at
-most every ``CACHE_TTL_S`` seconds, so a check is a dict lookup, a flood of made-up keys never
-reaches S3, and a revocation takes effect within a few seconds everywhere.
+Checking. Workers hold every key's hash in memory (``KeyCache``) and re-read the store every
+``CACHE_TTL_S`` seconds, so a check is a dict lookup and a revocation takes effect within a few
+seconds everywhere. An unknown key re-reads it at most every ``MISS_REFRESH_S`` (so a new key
+works at once), which bounds what a flood of made-up keys can cost the store.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ log = get_logger(__name__)
 
 KEY_PREFIX = "irk_"  # recognisable by secret scanners and in support tickets
 STORE_PREFIX = "_auth/api-keys/"
-CACHE_TTL_S = 3.0
+CACHE_TTL_S = 3.0  # a revocation takes effect on every worker within this
+MISS_REFRESH_S = 0.5  # an unknown key re-reads the store at most this often (new keys)
 DEV_KEY_NAME = "dev"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # What a key can look like: our own keys are irk_ + 43 URL-safe chars. Anything far outside
@@ -63,6 +65,8 @@ class StoreLike(Protocol):
     def get_bytes(self, bucket: str, key: str) -> bytes: ...
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]: ...
+
+    def delete(self, bucket: str, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ class KeyRecord:
         except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed API key record: {exc!r}") from exc
 
+
+Snapshot = dict[str, tuple[str | None, KeyRecord]]
 
 # --------------------------------------------------------------------------------------------
 # Pure functions
@@ -205,16 +211,42 @@ class KeyStore:
         self._put(record)
         return record
 
-    def records(self) -> list[KeyRecord]:
-        out = []
-        for obj in self.store.list_keys(self.bucket, STORE_PREFIX):
+    def delete(self, name: str) -> None:
+        """Forget a key entirely (tests clean up with this); ``revoke`` keeps the record."""
+        self.store.delete(self.bucket, object_key(name))
+
+    def _listing(self) -> list[tuple[str, str | None]]:
+        """(object name, ETag) under the prefix; ETag None where the store cannot say."""
+        client = getattr(self.store, "client", None)
+        if client is not None and hasattr(client, "list_objects"):
+            return [(o.object_name, o.etag) for o in
+                    client.list_objects(self.bucket, prefix=STORE_PREFIX, recursive=True)]
+        return [(obj, None) for obj in self.store.list_keys(self.bucket, STORE_PREFIX)]
+
+    def snapshot(self, previous: Snapshot | None = None) -> Snapshot:
+        """Every record by object name, with its ETag.
+
+        Objects whose ETag is unchanged since ``previous`` are not read again, so a worker's
+        periodic refresh costs one LIST plus a GET per key that actually changed.
+        """
+        previous = previous or {}
+        out: Snapshot = {}
+        for obj, etag in self._listing():
+            old = previous.get(obj)
+            if etag is not None and old is not None and old[0] == etag:
+                out[obj] = old
+                continue
             try:
-                out.append(KeyRecord.from_bytes(self.store.get_bytes(self.bucket, obj)))
+                out[obj] = (etag, KeyRecord.from_bytes(self.store.get_bytes(self.bucket, obj)))
             except KeyError:  # deleted between list and get
                 continue
-            except (ValueError, TypeError) as exc:
+            except ValueError as exc:
                 log.warning("unreadable api key record skipped", object=obj, error=repr(exc))
-        return sorted(out, key=lambda r: (r.created, r.name))
+        return out
+
+    def records(self) -> list[KeyRecord]:
+        return sorted((rec for _, rec in self.snapshot().values()),
+                      key=lambda r: (r.created, r.name))
 
     def verify(self, key: str) -> KeyRecord | None:
         """A direct (uncached) check; for the CLI and tests, not for the request path."""
@@ -231,13 +263,21 @@ class KeyStore:
 
 
 class KeyCache:
-    """Every active key's hash in memory, refreshed from the store at most every ``ttl_s``."""
+    """Every active key's hash in memory, re-read from the store every ``ttl_s`` seconds.
 
-    def __init__(self, keystore_factory: Any = KeyStore, ttl_s: float = CACHE_TTL_S) -> None:
+    An unknown key may also trigger a re-read, at most every ``miss_refresh_s``, so a key
+    created a moment ago works at once on every worker, while a flood of made-up keys still
+    costs the store only one LIST per interval.
+    """
+
+    def __init__(self, keystore_factory: Any = KeyStore, ttl_s: float = CACHE_TTL_S,
+                 miss_refresh_s: float = MISS_REFRESH_S) -> None:
         self._factory = keystore_factory
         self._keystore: KeyStore | None = None
         self.ttl_s = ttl_s
+        self.miss_refresh_s = miss_refresh_s
         self._by_hash: dict[str, KeyRecord] = {}
+        self._snapshot: Snapshot = {}
         self._loaded_at: float | None = None
         self._retry_at = 0.0
         self._lock = asyncio.Lock()
@@ -248,21 +288,22 @@ class KeyCache:
             self._keystore = self._factory()
         return self._keystore
 
-    def _load(self) -> dict[str, KeyRecord]:
-        return {r.hash: r for r in self.keystore.records() if r.active}
+    def _load(self) -> tuple[Snapshot, dict[str, KeyRecord]]:
+        snapshot = self.keystore.snapshot(self._snapshot)
+        return snapshot, {rec.hash: rec for _, rec in snapshot.values() if rec.active}
 
-    async def _ensure_fresh(self) -> None:
+    async def _ensure_fresh(self, max_age_s: float) -> None:
         now = time.monotonic()
-        if self._loaded_at is not None and now - self._loaded_at < self.ttl_s:
+        if self._loaded_at is not None and now - self._loaded_at < max_age_s:
             return
         if self._loaded_at is not None and now < self._retry_at:
             return  # the store failed a moment ago: keep serving what we have
         async with self._lock:
             now = time.monotonic()
-            if self._loaded_at is not None and now - self._loaded_at < self.ttl_s:
+            if self._loaded_at is not None and now - self._loaded_at < max_age_s:
                 return
             try:
-                table = await asyncio.to_thread(self._load)
+                snapshot, table = await asyncio.to_thread(self._load)
             except Exception as exc:  # noqa: BLE001 - S3 down, timeouts, bad credentials
                 if self._loaded_at is None:
                     raise StoreUnavailable(f"cannot read API keys: {exc!r}"[:300]) from exc
@@ -271,17 +312,24 @@ class KeyCache:
                 log.warning("api key refresh failed; using cached keys", error=repr(exc))
                 self._retry_at = now + 1.0
                 return
-            self._by_hash = table
+            self._snapshot, self._by_hash = snapshot, table
             self._loaded_at = time.monotonic()
 
     async def verify(self, key: str | None) -> KeyRecord | None:
         """The record of an active key, or None. Raises ``StoreUnavailable`` (answer 503)."""
         if key is None or not plausible_key(key):
             return None
-        await self._ensure_fresh()
+        await self._ensure_fresh(self.ttl_s)
         # The lookup is by an HMAC the caller cannot compute without the pepper, so dict
         # timing reveals nothing usable; no constant-time scan over all keys is needed.
-        return self._by_hash.get(hash_key(key, self.keystore.settings.api_key_pepper))
+        digest = hash_key(key, self.keystore.settings.api_key_pepper)
+        record = self._by_hash.get(digest)
+        if record is None and self.miss_refresh_s < self.ttl_s:
+            # Maybe a key created a moment ago: look again, but at most every
+            # miss_refresh_s, so a flood of made-up keys costs one LIST per interval.
+            await self._ensure_fresh(self.miss_refresh_s)
+            record = self._by_hash.get(digest)
+        return record
 
     def invalidate(self) -> None:
         self._loaded_at = None

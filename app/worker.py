@@ -15,6 +15,8 @@ def main() -> None:
     import agents.classify  # noqa: F401  (registers agents, tables, views, timers)
     import agents.results  # noqa: F401
     import web.api  # noqa: F401
+    import web.auth  # noqa: F401  (the gateway's key check; JSON 404/405)
+    import web.openapi  # noqa: F401
     import web.views  # noqa: F401
     from app.faust_app import WORKER_ID, app
 

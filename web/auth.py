@@ -21,6 +21,7 @@ from faust.web import View
 from app.apikeys import KeyCache, StoreUnavailable, extract_key
 from app.faust_app import app, settings
 from app.logs import get_logger
+from web.errors import error_response
 
 log = get_logger(__name__)
 
@@ -70,9 +71,13 @@ class AuthCheck(View):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind the gateway's request id and key name to every log line of this request.
+    """Bind the gateway's request id and key name to every log line of this request, and
+    turn aiohttp's plain-text errors (unknown path, wrong method) into the JSON error shape.
 
     aiohttp runs each request in its own task, so contextvars bound here cannot leak into
     another request.
@@ -83,6 +88,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     )
     try:
         return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items()
+                   if k.lower() not in ("content-type", "content-length")}
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
+                              exc.reason.lower(), headers)
     finally:
         structlog.contextvars.unbind_contextvars("request_id", "api_key_name")
 

@@ -426,6 +426,9 @@ async def _upload(paths: tuple[Path, ...], url: str, api_key: str | None, wait: 
                         if counts["failed"] else "")
 
     async with Gateway(url, api_key, concurrency) as gw:
+        # One cheap request first: a down gateway or a wrong key is then one clean line
+        # before any progress bar is drawn, not fifty failed uploads.
+        await gw.request("GET", "/v1/models", retries=0)
         with progress:
             try:
                 await _gather_or_fail([one(gw, item) for item in items])

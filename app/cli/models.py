@@ -74,8 +74,11 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 
     try:
         entries = _registry(ctx).list_models()
-    except (ModelError, OSError) as exc:
+    except ModelError as exc:
         _fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
+        _fail(f"model store unavailable: {exc}")
         return
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
@@ -117,6 +120,9 @@ def import_(ctx: click.Context, file: Path, labels_path: Path, name: str, normal
     except ModelError as exc:
         _fail(str(exc))
         return
+    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
+        _fail(f"model store unavailable: {exc}")
+        return
     click.echo(f"imported {info.ref}: {info.num_classes} classes, input {info.input_size}px, "
                f"{info.output}, normalisation {info.spec.normalisation}")
 
@@ -139,7 +145,32 @@ def set_default(ctx: click.Context, ref: str, check: bool) -> None:
             with quiet_native_stderr():
                 Classifier(registry, model=ref).close()
         registry.set_default(name, version)
+    except (ModelError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
+        _fail(f"model store unavailable: {exc}")
+        return
+    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)"))
+
+
+@models.command("convert")
+@click.argument("ref", metavar="[NAME[:VERSION]]", required=False)
+@click.pass_context
+def convert(ctx: click.Context, ref: str | None) -> None:
+    """Convert/download a model and build its TFLite engine now (default: the built-in
+    default model), so the first worker start does not pay for it. Safe to repeat."""
+    from app.model.classifier import Classifier
+    from app.model.registry import BUILTINS, ModelError, ModelRegistry, parse_ref
+    from app.settings import get_settings
+
+    ref = ref or get_settings().default_model
+    registry = (ModelRegistry() if parse_ref(ref)[0] in BUILTINS else _registry(ctx))
+    try:
+        with quiet_native_stderr():
+            clf = Classifier(registry, model=ref)
+        clf.close()
     except (ModelError, ValueError, OSError) as exc:
         _fail(str(exc))
         return
-    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)"))
+    click.echo(f"ready: {clf.model.ref} in {clf.model.path}")

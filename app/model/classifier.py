@@ -99,7 +99,17 @@ class Classifier:
         self._retry_after = retry_failed_after_s
         self._failed: dict[tuple[str, str], float] = {}
         self._reload_lock = threading.Lock()
-        name, version = parse_ref(model) if model else self.registry.default_ref()
+        if model:
+            name, version = parse_ref(model)
+        else:
+            try:
+                name, version = self.registry.default_ref()
+            except Exception as exc:  # noqa: BLE001 - store down at start: serve the configured
+                # default now; check_default switches once the store answers again.
+                from app.settings import get_settings
+
+                name, version = parse_ref(get_settings().default_model)
+                log.warning("cannot read the default model (%s); starting with %s", exc, name)
         self._current = self._load(name, version)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="inference")

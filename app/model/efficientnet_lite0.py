@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.imaging import PreprocessSpec
-from app.model.files import atomic_save, sha256_file
+from app.model.files import atomic_save, file_lock, sha256_file
 from app.model.torch_legacy import load_state_dict
 
 if TYPE_CHECKING:
@@ -218,15 +218,17 @@ def ensure_converted(cache_root: Path, weights: Path | None = None) -> Path:
     keras_path = target / "model.keras"
     if keras_path.exists():
         return target
-
-    weights = weights or weights_path()
-    digest = sha256_file(weights)
-    if digest != WEIGHTS_SHA256:
-        raise ValueError(
-            f"{weights} has sha256 {digest}, expected {WEIGHTS_SHA256}: refusing to convert"
-        )
-    log.info("converting %s -> %s", weights, keras_path)
-    model = build_model()
-    load_torch_weights(model, load_state_dict(weights))
-    atomic_save(keras_path, model.save, ".keras")
+    with file_lock(target.parent / f".{VERSION}.lock"):
+        if keras_path.exists():  # another process converted it while we waited
+            return target
+        weights = weights or weights_path()
+        digest = sha256_file(weights)
+        if digest != WEIGHTS_SHA256:
+            raise ValueError(
+                f"{weights} has sha256 {digest}, expected {WEIGHTS_SHA256}: refusing to convert"
+            )
+        log.info("converting %s -> %s", weights, keras_path)
+        model = build_model()
+        load_torch_weights(model, load_state_dict(weights))
+        atomic_save(keras_path, model.save, ".keras")
     return target

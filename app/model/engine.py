@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from app.model.files import atomic_save
+from app.model.files import atomic_save, file_lock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not ours
 
@@ -189,10 +189,13 @@ def build_tflite(keras_path: Path, input_size: int, *, model: Any = None) -> Pat
         return tflite_path
     import keras
 
-    model = model if model is not None else load_keras(keras_path)
-    signature = [keras.InputSpec(shape=(1, input_size, input_size, 3), dtype="float32")]
-    atomic_save(tflite_path, lambda tmp: model.export(tmp, format="litert", verbose=False,
-                                                      input_signature=signature), ".tflite")
+    with file_lock(keras_path.with_name(".tflite.lock")):
+        if tflite_path.exists():  # built by another process while we waited
+            return tflite_path
+        model = model if model is not None else load_keras(keras_path)
+        signature = [keras.InputSpec(shape=(1, input_size, input_size, 3), dtype="float32")]
+        atomic_save(tflite_path, lambda tmp: model.export(tmp, format="litert", verbose=False,
+                                                          input_signature=signature), ".tflite")
     log.info("built %s", tflite_path)
     return tflite_path
 

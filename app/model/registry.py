@@ -260,11 +260,7 @@ class ModelRegistry:
 
     def list_models(self) -> list[ModelEntry]:
         """Built-ins (with availability here) and every custom version in the store."""
-        try:
-            default = self.default_ref()
-        except Exception as exc:  # noqa: BLE001 - listing must still work with the store down
-            log.warning("cannot read the default model: %s", exc)
-            default = parse_ref(get_settings().default_model)
+        default = self.default_ref()  # store errors propagate: a partial list would mislead
 
         customs = self._custom_infos()
         if default[1] is None and default[0] not in BUILTINS:  # follows the newest version

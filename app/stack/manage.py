@@ -8,12 +8,14 @@ races topic creation. ``up`` returns when ``/readyz`` through the gateway answer
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import xmlrpc.client
+from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -164,6 +166,7 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
         states = process_states(layout)
         not_running = [n for n, s in states.items() if s != "RUNNING"]
         if not not_running:
+            _ensure_dev_key(say)
             say(f"imagerec is already up: nothing to do ({len(states)} services running). "
                 f"Gateway: {get_settings().gateway_url}")
             return False
@@ -171,6 +174,7 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
         for name in not_running:
             start_process(layout, name)
         _wait_ready(layout, get_settings(), wait_timeout_s)
+        _ensure_dev_key(say)
         return True
     check_installed(layout)
     settings = _reload_settings(layout)
@@ -199,9 +203,19 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
         if prog.name not in INFRA:
             start_process(layout, prog.name)
     _wait_ready(layout, settings, wait_timeout_s)
+    _ensure_dev_key(say)
     say(f"imagerec is up in {time.monotonic() - started:.1f}s: {settings.gateway_url}  "
         f"(logs: {layout.logs}, stop: make down)")
     return True
+
+
+def _ensure_dev_key(say: Callable[[str], None]) -> None:
+    """A development API key in .stack/dev-api-key (`imagerec stack env` exports it)."""
+    from app.apikeys import ensure_dev_key
+
+    path, created = ensure_dev_key(get_settings())
+    if created:
+        say(f"created the development API key ({path}; `imagerec stack env` exports it)")
 
 
 def _wait_ready(layout: Layout, settings: Settings, timeout_s: float) -> None:
@@ -218,21 +232,41 @@ def down(*, quiet: bool = False) -> bool:
             print("imagerec is not running: nothing to stop")
         return False
     pid = int(layout.supervisor_pid.read_text().strip()) if layout.supervisor_pid.exists() else 0
+    children = [p["pid"] for p in rpc(layout).supervisor.getAllProcessInfo() if p["pid"]]
     rpc(layout).supervisor.stopAllProcesses(True)
     try:
         rpc(layout).supervisor.shutdown()
     except (OSError, xmlrpc.client.Fault):
         pass
-    deadline = time.monotonic() + 60
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
+    leftovers = _wait_gone([pid, *children], 60)
+    for stray in leftovers:  # should not happen; never leave a server behind silently
+        os.kill(stray, signal.SIGKILL)
     if not quiet:
-        print("imagerec stopped")
+        extra = f" (killed {len(leftovers)} process(es) that ignored SIGTERM)" if leftovers else ""
+        print(f"imagerec stopped{extra}")
     return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in pids if p and _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if _alive(p)]
+    return alive
 
 
 def ctl(action: str, name: str) -> None:

@@ -13,14 +13,16 @@ Retry-After on 503), so clients can switch between the two without changing code
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextvars
 import email.message
 import email.parser
 import email.utils
 import json
 import os
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,24 +69,62 @@ def setup_logging(component: str) -> None:
 
 
 class BackgroundLoop:
-    """One asyncio event loop in a daemon thread, shared by every call of ``handle``."""
+    """One asyncio event loop in a daemon thread, shared by every call of ``handle``.
+
+    The loop and its tasks run in a copy of the creator's context, so log fields bound at
+    start (the component name) appear on every line the app code logs from it.
+    """
 
     def __init__(self, name: str) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, name=f"{name}-loop", daemon=True)
+        self._cleanups: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self._context = contextvars.copy_context()
+        self._thread = threading.Thread(target=self._context.copy().run, args=(self._serve,),
+                                        name=f"{name}-loop", daemon=True)
         self._thread.start()
+        atexit.register(self._shutdown)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
+    def at_exit(self, cleanup: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``cleanup()`` on the loop when the process exits (e.g. close the producer)."""
+        self._cleanups.append(cleanup)
+
+    def _shutdown(self) -> None:
+        async def stop_all() -> None:
+            for cleanup in self._cleanups:
+                try:
+                    await cleanup()
+                except Exception as exc:  # noqa: BLE001 - exiting anyway
+                    log.warning("cleanup at exit failed", error=repr(exc)[:200])
+            current = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not current:
+                    task.cancel()
+
+        if self._loop.is_running():
+            try:
+                self.submit(stop_all()).result(10.0)
+            except Exception:  # noqa: BLE001 - best effort at interpreter exit
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on the loop without waiting (e.g. loading the model at start)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        # Tasks take the context of the thread that schedules them: use the creator's, not
+        # the (empty) one of whichever host thread called handle().
+        return self._context.copy().run(asyncio.run_coroutine_threadsafe, coro, self._loop)
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = REQUEST_TIMEOUT_S) -> T:
-        """Run ``coro`` on the loop and return its result; raises what it raised."""
-        future = self.submit(coro)
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = REQUEST_TIMEOUT_S, *,
+            request_id: str = "") -> T:
+        """Run ``coro`` on the loop and return its result; raises what it raised.
+
+        ``request_id`` is bound to every log line the call writes (each call is its own task,
+        with its own copy of the context).
+        """
+        future = self.submit(_bound(coro, request_id) if request_id else coro)
         try:
             return future.result(timeout_s)
         except TimeoutError:
@@ -93,6 +133,13 @@ class BackgroundLoop:
             future.cancel()
             raise FunctionTimeout(f"the function did not finish within {timeout_s:.0f}s; "
                                   "retry shortly") from None
+
+
+async def _bound(coro: Coroutine[Any, Any, T], request_id: str) -> T:
+    import structlog
+
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return await coro
 
 
 # ---- the request -----------------------------------------------------------------------------

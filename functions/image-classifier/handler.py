@@ -79,7 +79,8 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
         top_k = support.int_param(event.query, "top_k", 5, 0, STORED_LABELS)
         min_score = support.float_param(event.query, "min_score", 0.0, 0.0, 1.0)
         data, _ = support.read_image(event, get_settings().max_upload_bytes)
-        body = LOOP.run(_classify(data, top_k, min_score))
+        body = LOOP.run(_classify(data, top_k, min_score),
+                        request_id=support.request_id(event))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the API's JSON error
         return support.error_response(exc)
     return support.json_response(200, body)

@@ -31,11 +31,13 @@ support.load_openfaas_secrets({
 })
 
 from app import ingest  # noqa: E402
+from app.broker import get_publisher  # noqa: E402
 from app.runtime import current_model_ref  # noqa: E402
 from app.settings import get_settings  # noqa: E402
 
 support.setup_logging("fn-image-upload")
 LOOP = support.BackgroundLoop("image-upload")
+LOOP.at_exit(lambda: get_publisher().stop())
 
 
 def handle(event: Any, context: Any) -> dict[str, Any]:
@@ -45,9 +47,10 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
     try:
         data, fields = support.read_image(event, get_settings().max_upload_bytes)
         callback_url = fields.get("callback_url") or event.query.get("callback_url")
+        rid = support.request_id(event)
         status, body = LOOP.run(ingest.accept(
-            data, request_id=support.request_id(event), callback_url=callback_url,
-            model_ref=current_model_ref))
+            data, request_id=rid, callback_url=callback_url, model_ref=current_model_ref),
+            request_id=rid)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the API's JSON error
         return support.error_response(exc)
     return support.json_response(status, body)

@@ -184,6 +184,43 @@ async def test_sse_parser_yields_result_events_only() -> None:
     assert got == [{"id": "A", "status": "done"}, {"id": "B"}]
 
 
+def test_401_answer_gives_one_line_and_exit_4(tmp_path: Path) -> None:
+    """Whatever the stack does today, a 401 from a gateway must read as a rejected key."""
+    import http.server
+    import threading
+
+    class Reject(http.server.BaseHTTPRequestHandler):
+        def _reject(self) -> None:
+            body = b'{"error": {"code": "unauthorized", "message": "invalid API key"}}'
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _reject
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Reject)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for args in (["upload", str(photo)], ["get", "X"], ["watch"]):
+            proc = _run(*args, key="wrong", url=url, timeout=60)
+            assert proc.returncode == 4, (args, proc)
+            assert proc.stderr.splitlines() == [
+                "error: the API key was rejected (401): invalid API key [unauthorized]; "
+                "check --api-key / IMAGEREC_API_KEY"], proc.stderr
+    finally:
+        server.shutdown()
+
+
 # --------------------------------------------------------------------------------------
 # against the running stack
 

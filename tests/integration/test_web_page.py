@@ -36,7 +36,13 @@ CAT = re.compile(r"tiger cat|tabby|Egyptian cat")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    FileChooser,
+    Page,
+    expect,
+    sync_playwright,
+)
 
 
 def _api_key() -> str | None:
@@ -179,10 +185,20 @@ def test_text_file_gets_readable_error(page: Page, tmp_path: Path) -> None:
 
 def test_keyboard_and_phone_layout(page: Page) -> None:
     # the drop zone is a real button: focusable, and Enter opens the file picker
+    choosers: list[FileChooser] = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
+    # Playwright turns on file-chooser interception without waiting for the browser's
+    # reply; give it a moment, or the dialog can open before it is intercepted.
+    page.wait_for_timeout(300)
     page.locator("#dropzone").focus()
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    assert chooser.value.is_multiple()
+    page.keyboard.press("Enter")
+    page.wait_for_function("true")            # a round trip, then poll for the event
+    for _ in range(50):
+        if choosers:
+            break
+        page.wait_for_timeout(100)
+    assert choosers, "Enter on the drop zone did not open the file picker"
+    assert choosers[0].is_multiple()
 
     page.set_viewport_size({"width": 375, "height": 740})
     overflow = page.evaluate(

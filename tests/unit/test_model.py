@@ -41,7 +41,7 @@ except ImportError:  # tests/unit is not a package: pytest put its directory on 
     import model_samples as s  # type: ignore[no-redef]
     from model_samples import classifier, model_cache, registry  # type: ignore[no-redef] # noqa: F401
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
 
@@ -301,6 +301,9 @@ def test_failing_new_default_leaves_old_model_serving(
         # an unreachable store is not a reason to drop the current model either
         custom_registry.store = _DownStore()
         assert clf.check_default() is False and clf.model.name == "efficientnet_lite0"
+        # nor to refuse to start: the configured default serves until the store is back
+        with Classifier(custom_registry) as fresh:
+            assert fresh.model.name == "efficientnet_lite0"
     finally:
         clf.close()
 

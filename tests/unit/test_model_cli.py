@@ -18,7 +18,7 @@ except ImportError:  # tests/unit is not a package: pytest put its directory on 
     import model_samples as s  # type: ignore[no-redef]
     from model_samples import model_cache  # type: ignore[no-redef] # noqa: F401
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 
 
 @pytest.fixture

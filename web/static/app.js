@@ -69,7 +69,9 @@ function keyMessage(text, isError = false) {
 
 function keyRejected(message) {
   const why = message ? `: ${message}` : "";
-  keyMessage(`The API key was rejected (401)${why}. Enter a valid key and save it.`, true);
+  keyMessage(state.apiKey
+    ? `The API key was rejected (401)${why}. Enter a valid key and save it.`
+    : `This server needs an API key (401)${why}. Enter your key above and save it.`, true);
   $("api-key").setAttribute("aria-invalid", "true");
 }
 
@@ -553,11 +555,12 @@ async function explainClosedStream(query) {
   const ctrl = new AbortController();
   try {
     const resp = await fetch(`/v1/events${query}`, { signal: ctrl.signal });
-    ctrl.abort();
     if (resp.status === 401) {
-      setLive("bad", "key rejected");
-      keyRejected("");
+      const body = parseJson(await resp.text());
+      setLive("bad", state.apiKey ? "key rejected" : "needs an API key");
+      keyRejected(errorText(401, body));
     } else {
+      ctrl.abort();
       setLive("bad", resp.status === 404 ? "not available" : `off (HTTP ${resp.status})`);
     }
   } catch {
@@ -614,6 +617,7 @@ async function loadModels() {
   try {
     const resp = await api("/v1/models");
     if (resp.status === 401) {
+      $("model-name").textContent = "(needs a key)";
       keyRejected(errorText(401, resp.body));
       return;
     }

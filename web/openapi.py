@@ -1,0 +1,394 @@
+"""The OpenAPI 3.1 description of ``/v1``, served at ``GET /v1/openapi.json`` (no key needed).
+
+Built in Python rather than kept as a static file so that the limits it states (body size,
+rate limit, ``top_k`` bounds) come from the same settings and constants the service enforces.
+``tests/integration/test_openapi.py`` runs schemathesis against it through the gateway, so a
+view that drifts from this document fails the build.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aiohttp import web
+from faust.web import View
+
+from app import results as res
+from app.faust_app import app
+from app.settings import Settings, get_settings
+
+ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+SOURCES = ["redis", "table", "storage", "event", "queued", "processing"]
+IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+               "application/octet-stream"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: dict[str, Any], description: str,
+          headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _resp(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _schemas() -> dict[str, Any]:
+    label = {
+        "type": "object",
+        "required": ["label", "class_id", "score"],
+        "properties": {
+            "label": {"type": "string"},
+            "class_id": {"type": "integer", "minimum": 0},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
+    model_ref = {
+        "type": "object",
+        "required": ["name", "version"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+    }
+    error_body = {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "description": "stable, machine-readable"},
+            "message": {"type": "string", "description": "for humans; may change"},
+        },
+    }
+    result = {
+        "type": "object",
+        "description": "One image's status and result. Fields other than id, status, labels "
+                       "and links are absent while the image is only known by its stored "
+                       "original (status queued or processing).",
+        "required": ["id", "status", "labels", "links"],
+        "properties": {
+            "id": {"type": "string", "pattern": ULID_PATTERN},
+            "status": {"type": "string", "enum": ["queued", "processing", "done", "failed"]},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "model": _nullable(_ref("ModelRef")),
+            "labels": {"type": "array", "items": _ref("Label"),
+                       "description": "best first, cut to top_k and min_score"},
+            "error": _nullable(_ref("ErrorBody")),
+            "created_at": {"type": "string", "format": "date-time"},
+            "completed_at": _nullable({"type": "string", "format": "date-time"}),
+            "timings": {"type": "object", "additionalProperties": {"type": "number"},
+                        "description": "milliseconds per stage (queue_ms, fetch_ms, "
+                                       "decode_ms, inference_ms, total_ms) and batch_size"},
+            "request_id": {"type": "string"},
+            "v": {"type": "integer", "description": "result schema version"},
+            "links": {"type": "object",
+                      "properties": {"self": {"type": "string"}}},
+            "source": {"type": "string", "enum": SOURCES,
+                       "description": "which tier answered"},
+            "duplicate_of": {"type": "string", "pattern": ULID_PATTERN,
+                             "description": "set when identical bytes were already "
+                                            "classified by the current model version"},
+        },
+    }
+    return {
+        "Label": label,
+        "ModelRef": model_ref,
+        "ErrorBody": error_body,
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": _ref("ErrorBody")}},
+        "Result": result,
+        "FileError": {
+            "type": "object",
+            "description": "One file of a multi-file upload that was refused.",
+            "required": ["filename", "error"],
+            "properties": {"filename": {"type": "string"}, "error": _ref("ErrorBody")},
+        },
+        "UploadItems": {"type": "array",
+                        "items": {"anyOf": [_ref("Result"), _ref("FileError")]}},
+        "ResultList": {"type": "object", "required": ["images"],
+                       "properties": {"images": {"type": "array", "items": _ref("Result")}}},
+        "Classification": {
+            "type": "object",
+            "required": ["status", "model", "labels", "timings"],
+            "properties": {
+                "status": {"const": "done"},
+                "model": _ref("ModelRef"),
+                "labels": {"type": "array", "items": _ref("Label")},
+                "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+            },
+        },
+        "ModelEntry": {
+            "type": "object",
+            "required": ["name", "version", "available", "default"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": _nullable({"type": "string"}),
+                "architecture": {"type": "string"},
+                "source": {"type": "string"},
+                "available": {"type": "boolean"},
+                "default": {"type": "boolean"},
+                "note": {"type": "string"},
+                "created": {"type": "string"},
+            },
+        },
+        "Models": {
+            "type": "object",
+            "required": ["default", "serving", "models"],
+            "properties": {
+                "default": _nullable({"type": "string"}),
+                "serving": _nullable(_ref("ModelRef")),
+                "models": {"type": "array", "items": _ref("ModelEntry")},
+            },
+        },
+    }
+
+
+def _responses(settings: Settings) -> dict[str, Any]:
+    retry_after = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    return {
+        "BadRequest": _error("Malformed request or parameter (codes: bad_request, "
+                             "bad_parameter, no_file, too_many_files, one_image_only, "
+                             "bad_callback_url)."),
+        "Unauthorized": _error("No API key, or an unknown or revoked one (code: "
+                               "unauthorized)."),
+        "NotFound": _error("No image with this id (code: not_found)."),
+        "TooLarge": _error(f"Body over {settings.max_upload_bytes} bytes per image (code: "
+                           "too_large); answered by the gateway before the body is read."),
+        "Unsupported": _error("Not an image, or a format outside JPEG, PNG, WEBP, GIF, BMP, "
+                              "TIFF (code: unsupported_format)."),
+        "Unprocessable": _error(f"Undecodable, over {settings.max_pixels} pixels, or under "
+                                f"{settings.min_side_px} px on a side (codes: undecodable, "
+                                "too_many_pixels, too_small)."),
+        "RateLimited": _json(_ref("Error"), "Over this key's rate limit (code: "
+                             "rate_limited); retry after Retry-After seconds.", retry_after),
+        "Unavailable": _json(_ref("Error"), "A dependency (Kafka, S3, Redis) or every "
+                             "worker is down (codes: dependency_unavailable, unavailable); "
+                             "retry after Retry-After seconds.", retry_after),
+    }
+
+
+def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _upload_body(multi: bool) -> dict[str, Any]:
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    multipart: dict[str, Any] = {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": ({"type": "array", "items": file_schema, "minItems": 1, "maxItems": 100}
+                     if multi else file_schema),
+        },
+    }
+    if multi:
+        multipart["properties"]["callback_url"] = {"type": "string", "format": "uri"}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": multipart}}
+    for ctype in IMAGE_TYPES:
+        content[ctype] = {"schema": {"type": "string", "format": "binary"}}
+    return {"required": True, "content": content,
+            "description": "multipart/form-data with field `file`"
+                           + (" (repeatable)" if multi else "")
+                           + ", or the image itself as the body. The format is taken from "
+                             "the bytes, never from the file name or Content-Type."}
+
+
+def build_spec(settings: Settings | None = None) -> dict[str, Any]:
+    """The whole document, as a dict (also handy for tests and for generating clients)."""
+    settings = settings or get_settings()
+    top_k = _param("top_k", {"type": "integer", "minimum": 0, "maximum": res.STORED_LABELS,
+                             "default": 5}, "how many labels to return, best first")
+    min_score = _param("min_score", {"type": "number", "minimum": 0, "maximum": 1,
+                                     "default": 0}, "drop labels scoring below this")
+    common = {"401": _resp("Unauthorized"), "429": _resp("RateLimited"),
+              "503": _resp("Unavailable")}
+    upload_errors = {"400": _resp("BadRequest"), "413": _resp("TooLarge"),
+                     "415": _resp("Unsupported"), "422": _resp("Unprocessable")}
+    paths: dict[str, Any] = {
+        "/v1/images": {
+            "post": {
+                "operationId": "uploadImages",
+                "summary": "Upload one or many images for asynchronous classification",
+                "parameters": [_param("callback_url", {"type": "string", "format": "uri"},
+                                      "absolute http(s) URL POSTed the result when done")],
+                "requestBody": _upload_body(multi=True),
+                "responses": {
+                    "200": _json(_ref("Result"), "These bytes were already classified by "
+                                 "the current model version: the earlier result, with "
+                                 "duplicate_of."),
+                    "202": {
+                        "description": "Accepted: stored and queued. One file: its Result "
+                                       "(status queued). Several: one item per file, a "
+                                       "Result or a FileError.",
+                        "content": {"application/json": {"schema": {
+                            "anyOf": [_ref("Result"), _ref("UploadItems")]}}},
+                        "links": {"GetImage": {
+                            "operationId": "getImage",
+                            "parameters": {"image_id": "$response.body#/id"}}},
+                    },
+                    **upload_errors, **common,
+                    "503": {
+                        "description": "A dependency is down; nothing was queued. One "
+                                       "file: an Error. Several: an Error item per file.",
+                        "headers": {"Retry-After": {"$ref": "#/components/headers/"
+                                                            "RetryAfter"}},
+                        "content": {"application/json": {"schema": {
+                            "anyOf": [_ref("Error"), _ref("UploadItems")]}}},
+                    },
+                },
+            },
+            "get": {
+                "operationId": "listImages",
+                "summary": "The most recently finished results, newest first",
+                "parameters": [
+                    _param("limit", {"type": "integer", "minimum": 1, "maximum": 200,
+                                     "default": 50}, "how many results"),
+                    top_k,
+                ],
+                "responses": {"200": _json(_ref("ResultList"), "Recent results."),
+                              "400": _resp("BadRequest"), **common},
+            },
+        },
+        "/v1/images/{image_id}": {
+            "get": {
+                "operationId": "getImage",
+                "summary": "One image's status and result",
+                "parameters": [
+                    {"name": "image_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": ULID_PATTERN},
+                     "description": "the id returned by the upload"},
+                    top_k, min_score,
+                    _param("wait", {"type": "number", "minimum": 0, "maximum": 60,
+                                    "default": 0},
+                           "long-poll: wait up to this many seconds for a final result"),
+                ],
+                "responses": {
+                    "200": _json(_ref("Result"), "Known image; status says how far it got.",
+                                 {"X-Imagerec-Source": {
+                                     "description": "the tier that answered",
+                                     "schema": {"type": "string"}}}),
+                    "400": _resp("BadRequest"), "404": _resp("NotFound"), **common,
+                },
+            },
+        },
+        "/v1/classify": {
+            "post": {
+                "operationId": "classify",
+                "summary": "Classify one image synchronously (nothing is stored or queued)",
+                "parameters": [top_k, min_score],
+                "requestBody": _upload_body(multi=False),
+                "responses": {"200": _json(_ref("Classification"), "Labels, best first."),
+                              **upload_errors, **common},
+            },
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "Models available, the default and the one being served",
+                "responses": {"200": _json(_ref("Models"), "Models."), **common},
+            },
+        },
+        "/v1/events": {
+            "get": {
+                "operationId": "events",
+                "summary": "Server-Sent Events: every finished result as it is stored",
+                "description": "An endless text/event-stream. Each event is `event: result`, "
+                               "`id: <image id>`, `data: <Result JSON>`; comment lines keep "
+                               "the connection alive every 15 s. Browsers' EventSource "
+                               "cannot send headers, so this path also accepts the key as "
+                               "`?api_key=`.",
+                "security": [{"bearer": []}, {"apiKeyHeader": []}, {"apiKeyQuery": []}],
+                "responses": {
+                    "200": {"description": "The stream.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "401": _resp("Unauthorized"), "429": _resp("RateLimited"),
+                    "503": _resp("Unavailable"),
+                },
+            },
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1 document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "429": _resp("RateLimited"), "503": _resp("Unavailable"),
+                },
+            },
+        },
+    }
+    rate = f"{settings.rate_limit_rps:g}"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imagerec API",
+            "version": _version(),
+            "description": (
+                "Self-hosted image recognition. Every request except this document needs an "
+                "API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`; create one with "
+                "`imagerec keys create --name NAME`). "
+                f"Limits: {rate} requests/s per key with bursts of {settings.rate_limit_burst}"
+                f" (429 with Retry-After above that); request bodies up to "
+                f"{settings.max_upload_bytes} bytes per image (413 above that, before the "
+                "body is read). Errors are always `{\"error\": {\"code\", \"message\"}}`. "
+                "Every response carries `X-Request-ID` (yours if you sent a sane one)."
+            ),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "security": [{"bearer": []}, {"apiKeyHeader": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "responses": _responses(settings),
+            "headers": {
+                "RetryAfter": {"description": "seconds to wait before retrying",
+                               "required": True,
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "Authorization: Bearer KEY"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key",
+                                "description": "only for /v1/events"},
+            },
+        },
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagerec")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@lru_cache(maxsize=1)
+def _spec_response_body() -> bytes:
+    import json
+
+    return json.dumps(build_spec(), separators=(",", ":")).encode()
+
+
+@app.page("/v1/openapi.json")
+class OpenApiDocument(View):
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(body=_spec_response_body(), content_type="application/json",
+                            headers={"Cache-Control": "public, max-age=300"})
