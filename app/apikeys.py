@@ -331,9 +331,6 @@ class KeyCache:
             record = self._by_hash.get(digest)
         return record
 
-    def invalidate(self) -> None:
-        self._loaded_at = None
-
 
 # --------------------------------------------------------------------------------------------
 # The development key (``make up``)

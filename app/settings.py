@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     # --- security -------------------------------------------------------------------------
     api_key_pepper: str = ""
     # Per API key at the gateway (Nginx limit_req): a steady rate, plus a burst served at once.
-    rate_limit_rps: float = 50.0
-    rate_limit_burst: int = 100
+    rate_limit_rps: float = 200.0
+    rate_limit_burst: int = 400
     gateway_tls_port: int = 8443  # served only when .stack/tls/ has a certificate
     callback_secret: str = ""
     callback_attempts: int = 6

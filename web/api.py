@@ -10,7 +10,8 @@ import asyncio
 import json
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
 from app import imaging, ingest, metrics, retrieval
@@ -94,24 +95,28 @@ async def _uploads(request: web.Request) -> tuple[list[tuple[str, bytes]], str |
     callback = request.query.get("callback_url")
     files: list[tuple[str, bytes]] = []
     if ctype.startswith("multipart/"):
+        # A malformed body can fail at any part (bad part headers raise aiohttp's
+        # InvalidHeader, a bad charset UnicodeDecodeError): all of it is the client's 400.
         try:
             reader = await request.multipart()
-        except (AssertionError, ValueError) as exc:
-            raise ApiError(f"malformed multipart body: {exc}") from exc
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if part.name == "callback_url":
-                callback = (await part.text()).strip()
-            elif part.name == "file":
-                if len(files) >= MAX_FILES:
-                    raise ApiError(f"at most {MAX_FILES} files per request",
-                                   code="too_many_files")
-                files.append((part.filename or f"file{len(files) + 1}",
-                              await _read_limited(part)))
-            else:
-                await part.release()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                if not isinstance(part, BodyPartReader):  # a nested multipart/mixed
+                    raise ApiError("nested multipart bodies are not supported")
+                if part.name == "callback_url":
+                    callback = (await part.text()).strip()
+                elif part.name == "file":
+                    if len(files) >= MAX_FILES:
+                        raise ApiError(f"at most {MAX_FILES} files per request",
+                                       code="too_many_files")
+                    files.append((part.filename or f"file{len(files) + 1}",
+                                  await _read_limited(part)))
+                else:
+                    await part.release()
+        except (AssertionError, ValueError, HttpProcessingError) as exc:
+            raise ApiError(f"malformed multipart body: {str(exc)[:200]}") from exc
         if not files:
             raise ApiError("no multipart field named 'file'", code="no_file")
     elif ctype.startswith("image/") or ctype == "application/octet-stream":

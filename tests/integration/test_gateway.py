@@ -287,12 +287,13 @@ def test_25mb_body_is_413_and_nothing_is_stored(http: urllib3.PoolManager, base:
     body = body[:size]
     before = _input_objects(conf)
     request_ids = []
-    for mode in ("raw", "chunked", "multipart"):
+    for mode in ("raw", "chunked", "multipart", "function"):
         rid = f"test-413-{mode}-{uuid.uuid4().hex}"
         request_ids.append(rid)
         headers = {"Authorization": f"Bearer {dev_key}", "X-Request-ID": rid}
-        if mode == "raw":
-            resp = http.request("POST", base + "/v1/images", body=body,
+        if mode in ("raw", "function"):
+            path = "/v1/images" if mode == "raw" else "/function/image-upload"
+            resp = http.request("POST", base + path, body=body,
                                 headers={**headers, "Content-Type": "image/jpeg"})
         elif mode == "chunked":
             step = 1 << 20
@@ -419,6 +420,19 @@ def test_probes_are_open_and_metrics_are_not_public(http: urllib3.PoolManager,
     page = http.request("GET", base + "/")
     assert page.status == 200 and b"<html" in page.data.lower()
     _assert_security_headers(page)
+
+
+def test_wrong_methods_and_unknown_paths_answer_json(http: urllib3.PoolManager, base: str,
+                                                     dev_key: str) -> None:
+    hdrs = {"Authorization": f"Bearer {dev_key}"}
+    trace = http.request("TRACE", base + "/v1/models", headers=hdrs)  # refused by Nginx
+    delete = http.request("DELETE", base + "/v1/models", headers=hdrs)  # by the worker
+    unknown = http.request("GET", base + "/v1/no-such-thing", headers=hdrs)
+    for resp, status in ((trace, 405), (delete, 405), (unknown, 404)):
+        assert resp.status == status
+        assert _error(resp)["code"] in ("method_not_allowed", "not_found")
+        _assert_security_headers(resp)
+    assert "GET" in trace.headers["Allow"] and "GET" in delete.headers["Allow"]
 
 
 def test_request_id_is_kept_generated_and_logged(http: urllib3.PoolManager, base: str,

@@ -41,8 +41,8 @@ def upload_all(gateway, photos: list[bytes], concurrency: int = 32) -> list[dict
             reply = gateway.upload(data)
             if reply.status in (200, 202):
                 return reply.json()
-            if reply.status in (502, 503):  # a worker restarting: retry like a client would
-                time.sleep(0.5)
+            if reply.status in (429, 502, 503):  # limited or a worker restarting: retry like a
+                time.sleep(float(reply.headers.get("Retry-After", "0.5")))  # client would
                 continue
             raise AssertionError(f"upload answered {reply.status}: {reply.body[:300]!r}")
         raise AssertionError("upload kept failing")
