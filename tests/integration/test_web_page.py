@@ -159,6 +159,7 @@ def test_upload_chelsea_shows_cat_label_live(page: Page, tmp_path: Path) -> None
     page.get_by_label("Filter by label").fill("tabby")
     expect(page.locator("#gallery .card:not([hidden])").first).to_contain_text(CAT)
     page.get_by_label("Filter by label").fill("")
+    page.get_by_label("Filter by label").blur()          # no focus ring in the screenshot
     expect(page.locator("#rate-value")).not_to_have_text("0")
 
     shot = _screenshot(page, "web-page.png")

@@ -448,7 +448,8 @@ function galleryName(result) {
   if (!Number.isFinite(when)) return `…${String(result.id).slice(-6)}`;
   const date = new Date(when);
   const today = new Date().toDateString() === date.toDateString();
-  return today ? date.toLocaleTimeString() : date.toLocaleString();
+  const time = date.toLocaleTimeString([], { hour12: false });
+  return today ? time : `${date.toLocaleDateString()} ${time}`;
 }
 
 function trimGallery() {
