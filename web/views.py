@@ -6,14 +6,30 @@ from aiohttp import web
 
 from app.faust_app import WORKER_ID, app
 from app.health import readiness
+from app.logs import get_logger
 from app.runtime import get_classifier, loaded_classifier
 from app.settings import get_settings
+
+log = get_logger(__name__)
 
 
 @app.task
 async def load_model() -> None:
-    """Load (and on first run convert) the model at start, not on the first image."""
-    await get_classifier()
+    """Load (and on first run convert) the model at start, not on the first image.
+
+    Retried: the registry reads the default from the object store, which may be down at start.
+    """
+    import asyncio
+
+    delay = 1.0
+    while True:
+        try:
+            await get_classifier()
+            return
+        except Exception as exc:  # noqa: BLE001 - readiness reports "model" until this works
+            log.warning("model not loaded yet; retrying", error=repr(exc)[:300], retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 @app.timer(get_settings().model_poll_s)

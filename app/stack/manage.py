@@ -135,6 +135,9 @@ def _http_ok(url: str) -> bool:
 
 def _kafka_ready(settings: Settings) -> bool:
     import asyncio
+    import logging
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # "not yet" is expected here
 
     from app.health import check_kafka
 
