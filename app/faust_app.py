@@ -24,7 +24,8 @@ app = faust.App(
     web_host=settings.web_host,
     web_port=settings.web_port + WORKER_ID - 1,
     web_in_thread=False,
-    canonical_url=f"http://{settings.web_host}:{settings.web_port + WORKER_ID - 1}",
+    canonical_url=f"http://{settings.advertised_host or settings.web_host}:"
+    f"{settings.web_port + WORKER_ID - 1}",
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=1,
     producer_acks=-1,

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     s3_secret_key: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     web_host: str = "127.0.0.1"
+    # How other workers reach this one for table routing (a container's hostname under Docker).
+    advertised_host: str = ""
+    # Gateway wiring; empty means this machine's local workers and functions on loopback.
+    gateway_bind: str = "127.0.0.1"
+    gateway_workers: str = ""  # comma-separated host:port of every worker's web port
+    gateway_functions: str = ""  # "upload-host:port,classifier-host:port"
     web_port: int = 6066
     workers: int = 2
 

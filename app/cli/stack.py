@@ -107,3 +107,16 @@ def init() -> None:
     from app.stack.provision import provision
 
     click.echo(provision(get_settings()))
+
+
+@stack.command("compose-env")
+@click.option("--file", "path", default=".env", show_default=True,
+              help="Where docker compose reads its variables.")
+def compose_env(path: str) -> None:
+    """Write generated credentials for docker-compose.yml (mode 0600, kept on re-runs)."""
+    from pathlib import Path
+
+    from app.stack.secrets import ensure_secrets
+
+    values = ensure_secrets(Path(path))
+    click.echo(f"wrote {len(values)} settings to {path}")

@@ -158,10 +158,11 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
     conf_dir = layout.run / "nginx"
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (conf_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-    upstream = "\n".join(
-        f"        server 127.0.0.1:{worker_port(settings, i)} max_fails=0;"
-        for i in range(1, settings.workers + 1)
-    )
+    workers = [w.strip() for w in settings.gateway_workers.split(",") if w.strip()] or [
+        f"127.0.0.1:{worker_port(settings, i)}" for i in range(1, settings.workers + 1)]
+    functions = [f.strip() for f in settings.gateway_functions.split(",") if f.strip()] or [
+        f"127.0.0.1:{function_port(settings, i)}" for i in range(len(FUNCTIONS))]
+    upstream = "\n".join(f"        server {w} max_fails=0;" for w in workers)
     is_root = os.geteuid() == 0
     values = {
         "USER_LINE": "user root;" if is_root else "",
@@ -170,9 +171,10 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
         "LOGS": str(layout.logs),
         "LISTEN": str(gateway_port(settings)),
         "WORKERS_UPSTREAM": upstream,
-        "FIRST_WORKER": f"127.0.0.1:{worker_port(settings, 1)}",
-        "FN_UPLOAD": f"127.0.0.1:{function_port(settings, 0)}",
-        "FN_CLASSIFIER": f"127.0.0.1:{function_port(settings, 1)}",
+        "BIND": settings.gateway_bind,
+        "FIRST_WORKER": workers[0],
+        "FN_UPLOAD": functions[0],
+        "FN_CLASSIFIER": functions[1],
         "STATIC": str(layout.repo / "web" / "static"),
         # one image of max_upload_bytes plus 64 KiB of multipart envelope
         "MAX_BODY": str(settings.max_upload_bytes + 64 * 1024),
