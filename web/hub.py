@@ -7,6 +7,7 @@ connected to any worker sees every result, whichever worker produced it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 from app import cache, names
@@ -25,22 +26,28 @@ class Hub:
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._listen())
+            # A fresh context: the first caller's request_id must not tag the listener's logs.
+            self._task = asyncio.get_running_loop().create_task(
+                self._listen(), context=contextvars.Context())
 
     async def _listen(self) -> None:
         """Reconnects forever: Redis restarts must not silence the event stream."""
+        delay = 0.5
         while True:
             try:
                 pubsub = cache.get_redis().pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(names.REDIS_CHANNEL)
+                delay = 0.5
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self.publish(res.decode(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                log.warning("result subscription lost; reconnecting", error=repr(exc)[:200])
-                await asyncio.sleep(1.0)
+                log.warning("result subscription lost; reconnecting", error=repr(exc)[:200],
+                            retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def publish(self, result: dict[str, Any]) -> None:
         for queue in list(self._subscribers):

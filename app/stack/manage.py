@@ -235,8 +235,17 @@ def down(*, quiet: bool = False) -> bool:
             print("imagerec is not running: nothing to stop")
         return False
     pid = int(layout.supervisor_pid.read_text().strip()) if layout.supervisor_pid.exists() else 0
-    children = [p["pid"] for p in rpc(layout).supervisor.getAllProcessInfo() if p["pid"]]
-    rpc(layout).supervisor.stopAllProcesses(True)
+    infos = rpc(layout).supervisor.getAllProcessInfo()
+    children = [p["pid"] for p in infos if p["pid"]]
+    # Front to back: the gateway, then functions and workers (so they can leave the Kafka
+    # group cleanly and the next start needs no session timeout), then the servers.
+    order = sorted((p["name"] for p in infos), key=lambda n: (n in INFRA, n != "nginx", n))
+    for name in order:
+        try:
+            rpc(layout).supervisor.stopProcess(name, True)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise
     try:
         rpc(layout).supervisor.shutdown()
     except (OSError, xmlrpc.client.Fault):
