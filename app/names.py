@@ -11,8 +11,8 @@ def original_key(image_id: str) -> str:
 
 
 def processed_key(image_id: str) -> str:
-    """Key in ``processed-images``: the exact 224x224 model input, as PNG."""
-    return f"{image_id}.png"
+    """Key in ``processed-images``: the 224x224 model input, as JPEG (q95, no subsampling)."""
+    return f"{image_id}.jpg"
 
 
 def result_key(image_id: str) -> str:

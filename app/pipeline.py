@@ -43,7 +43,7 @@ class Prepared:
     fetch_ms: float = 0.0
     decode_ms: float = 0.0
     array: np.ndarray | None = None
-    model_input_png: bytes | None = None
+    model_input_jpeg: bytes | None = None
     error: tuple[str, str] | None = None
 
 
@@ -73,7 +73,8 @@ async def _with_s3_retry(call: Any, *args: Any) -> Any:
 def _decode(data: bytes, spec: imaging.PreprocessSpec) -> tuple[np.ndarray, bytes]:
     small, array = imaging.prepare(data, spec)
     buf = io.BytesIO()
-    small.save(buf, format="PNG", compress_level=1)
+    # JPEG q95 without chroma subsampling: 0.3 ms, where PNG took 3.4 ms of a ~20 ms budget.
+    small.save(buf, format="JPEG", quality=95, subsampling=0)
     return array, buf.getvalue()
 
 
@@ -91,7 +92,7 @@ async def prepare(event: res.UploadEvent, spec: imaging.PreprocessSpec) -> Prepa
     t1 = time.perf_counter()
     loop = asyncio.get_running_loop()
     try:
-        item.array, item.model_input_png = await loop.run_in_executor(_decode_pool, _decode,
+        item.array, item.model_input_jpeg = await loop.run_in_executor(_decode_pool, _decode,
                                                                       data, spec)
     except imaging.ImageError as exc:
         item.error = (exc.code, exc.message)
@@ -108,10 +109,10 @@ async def _store_outputs(item: Prepared, result: dict[str, Any]) -> None:
     writes = [_with_s3_retry(store.put_bytes, settings.bucket_results,
                              names.result_key(item.event.id), res.encode(result),
                              "application/json")]
-    if item.model_input_png is not None:
+    if item.model_input_jpeg is not None:
         writes.append(_with_s3_retry(store.put_bytes, settings.bucket_processed,
-                                     names.processed_key(item.event.id), item.model_input_png,
-                                     "image/png"))
+                                     names.processed_key(item.event.id), item.model_input_jpeg,
+                                     "image/jpeg"))
     await asyncio.gather(*writes)
 
 
@@ -177,10 +178,10 @@ async def classify_now(data: bytes, classifier: Any, top_k: int = 5,
     }
 
 
-def png_size(data: bytes) -> tuple[int, int]:
+def image_size(data: bytes) -> tuple[int, int]:
     """Used by tests to check a stored model input really is the model's input size."""
     with Image.open(io.BytesIO(data)) as img:
         return img.size
 
 
-__all__ = ["DependencyDown", "classify_now", "png_size", "process_batch"]
+__all__ = ["DependencyDown", "classify_now", "image_size", "process_batch"]

@@ -119,6 +119,37 @@ async def run_load(base: str, key: str | None, photos: list[bytes], concurrency:
         return len(photos) / (end - start), latencies
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each process of this machine, grouped by program."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        name = _program(pid, [a.decode(errors="replace") for a in argv if a])
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _program(pid: str, argv: list[str]) -> str:
+    if str(os.getpid()) == pid:
+        return "benchmark client"
+    text = " ".join(argv)
+    for needle, name in (("app.worker", "workers"), ("functions.serve", "functions"),
+                         ("kafka.Kafka", "kafka"), ("minio", "minio"),
+                         ("redis-server", "redis"), ("nginx", "nginx")):
+        if needle in text:
+            return name
+    return "other"
+
+
 def ceiling(photos: list[bytes]) -> float:
     """Decode + preprocess + infer, one image after the other, in this process."""
     from app.imaging import prepare
@@ -157,7 +188,10 @@ def main() -> None:
     print(f"light load: {args.light_images} images at {args.light_rate}/s ...", flush=True)
     _, light_lat = asyncio.run(run_load(base, key, light, 8, args.light_rate))
     print(f"heavy load: {len(photos)} images, concurrency {args.concurrency} ...", flush=True)
+    before = cpu_seconds()
     rate, lat = asyncio.run(run_load(base, key, photos, args.concurrency, None))
+    after = cpu_seconds()
+    used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     print("in-process ceiling ...", flush=True)
     ceil = ceiling(photos)
 
@@ -169,6 +203,12 @@ def main() -> None:
     for q in (50, 95, 99):
         print(f"{f'latency p{q} ms (heavy)':34} {percentile(lat, q):10.0f}")
     print(f"{'latency p50 ms (light, 10/s)':34} {percentile(light_lat, 50):10.0f}")
+    print()
+    print("CPU per image during the heavy run, by program (ms):")
+    for name, secs in sorted(used.items(), key=lambda kv: -kv[1]):
+        if secs > 0.05:
+            print(f"  {name:32} {secs / len(photos) * 1000:8.2f}")
+    print(f"  {'total':32} {sum(used.values()) / len(photos) * 1000:8.2f}")
     print(f"{'latency p95 ms (light, 10/s)':34} {percentile(light_lat, 95):10.0f}")
     print(f"pipeline_img_s={rate:.1f} ceiling_img_s={ceil:.1f} ratio={rate / ceil:.2f} "
           f"p50_ms={percentile(lat, 50):.0f} p95_ms={percentile(lat, 95):.0f} "

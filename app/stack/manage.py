@@ -237,15 +237,14 @@ def down(*, quiet: bool = False) -> bool:
     pid = int(layout.supervisor_pid.read_text().strip()) if layout.supervisor_pid.exists() else 0
     infos = rpc(layout).supervisor.getAllProcessInfo()
     children = [p["pid"] for p in infos if p["pid"]]
-    # Front to back: the gateway, then functions and workers (so they can leave the Kafka
-    # group cleanly and the next start needs no session timeout), then the servers.
-    order = sorted((p["name"] for p in infos), key=lambda n: (n in INFRA, n != "nginx", n))
-    for name in order:
-        try:
-            rpc(layout).supervisor.stopProcess(name, True)
-        except xmlrpc.client.Fault as fault:
-            if "NOT_RUNNING" not in fault.faultString:
-                raise
+    # Front to back: the gateway, then functions and workers (together, so every worker
+    # leaves the Kafka group cleanly and the next start waits for no session timeout), then
+    # the servers.
+    names = [p["name"] for p in infos]
+    groups = [["nginx"], [n for n in names if n.startswith("fn-")],
+              [n for n in names if n.startswith("worker-")], list(INFRA)]
+    for group in groups:
+        _stop_group(layout, [n for n in group if n in names])
     try:
         rpc(layout).supervisor.shutdown()
     except (OSError, xmlrpc.client.Fault):
@@ -257,6 +256,21 @@ def down(*, quiet: bool = False) -> bool:
         extra = f" (killed {len(leftovers)} process(es) that ignored SIGTERM)" if leftovers else ""
         print(f"imagerec stopped{extra}")
     return True
+
+
+def _stop_group(layout: Layout, group: list[str], timeout_s: float = 60.0) -> None:
+    for name in group:
+        try:
+            rpc(layout).supervisor.stopProcess(name, False)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = process_states(layout)
+        if all(states.get(n) not in ("RUNNING", "STOPPING", "STARTING") for n in group):
+            return
+        time.sleep(0.2)
 
 
 def _alive(pid: int) -> bool:

@@ -87,9 +87,9 @@ def test_200_concurrent_uploads_end_done_everywhere(gateway, settings, store, rd
         stored = json.loads(store.get_bytes(settings.bucket_results, names.result_key(image_id)))
         assert stored["labels"] == results[image_id]["labels"][: len(stored["labels"])] or \
             stored["labels"][:5] == results[image_id]["labels"]
-        from app.pipeline import png_size
+        from app.pipeline import image_size
 
-        assert png_size(store.get_bytes(settings.bucket_processed,
+        assert image_size(store.get_bytes(settings.bucket_processed,
                                         names.processed_key(image_id))) == (224, 224)
 
     for topic, start in starts.items():

@@ -62,7 +62,7 @@ def test_keys_never_contain_anything_but_the_id() -> None:
     image_id = new_image_id()
     assert names.original_key(image_id) == image_id
     assert names.result_key(image_id) == f"{image_id}.json"
-    assert names.processed_key(image_id) == f"{image_id}.png"
+    assert names.processed_key(image_id) == f"{image_id}.jpg"
     assert names.redis_dedup("f" * 64, "m", "v1") != names.redis_dedup("f" * 64, "m", "v2")
 
 
