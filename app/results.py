@@ -137,6 +137,10 @@ def view(result: dict[str, Any], *, top_k: int = 5, min_score: float = 0.0,
     out = {k: v for k, v in result.items() if k not in PRIVATE_FIELDS}
     out["labels"] = [lab for lab in result.get("labels", []) if lab["score"] >= min_score][:top_k]
     out["links"] = {"self": f"/v1/images/{result['id']}"} if result.get("id") else {}
+    # Only a classified image surely has a stored model input (a failed one may have
+    # failed before decoding), so clients never get a link that is bound to 404.
+    if out["links"] and result.get("status") == "done":
+        out["links"]["input"] = f"/v1/images/{result['id']}/input"
     if source:
         out["source"] = source
     return out

@@ -14,13 +14,14 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
-from app import imaging, ingest, metrics, retrieval
+from app import imaging, ingest, metrics, names, retrieval
 from app import results as res
 from app.errors import ApiError, DependencyDown
 from app.faust_app import app, settings
 from app.ids import is_image_id
 from app.logs import get_logger
 from app.runtime import current_model_ref, get_classifier, list_models
+from app.storage import ObjectMissing, get_store
 from web.errors import error_response
 from web.hub import get_hub
 
@@ -199,6 +200,36 @@ class Image(View):
         return web.json_response(res.view(found, top_k=top_k, min_score=min_score,
                                           source=tier),
                                  headers={"X-Imagerec-Source": tier})
+
+
+# The stored model input never changes once written (ids are never reused), so the browser
+# may keep it for a day; "private" because it is one key holder's image, not for shared caches.
+INPUT_HEADERS = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
+
+
+@app.page("/v1/images/{image_id}/input")
+class ImageInput(View):
+    """The JPEG the model classified (224x224 for the default model): ``processed-images``.
+
+    Clients that did not upload an image (the page's gallery, other API users) hold no copy
+    of it; this small, already-normalised JPEG is a safe thumbnail that costs no decoding or
+    resizing here. Read straight from the object store, which every worker can reach, so it
+    needs no routing to the worker that owns the result.
+    """
+
+    async def get(self, request: web.Request, image_id: str) -> web.Response:
+        if not is_image_id(image_id):  # never let a client-made string reach an object key
+            return error_response(404, "not_found", "no image with this id")
+        try:
+            data = await asyncio.to_thread(get_store().get_bytes, settings.bucket_processed,
+                                           names.processed_key(image_id))
+        except ObjectMissing:
+            # Unknown id, not classified yet, failed before decoding, or stored before model
+            # inputs were JPEG: in every case there is nothing to show.
+            return error_response(404, "not_found", "no stored model input for this image")
+        except Exception as exc:  # noqa: BLE001 - the store is down: retry, not a 404
+            return _fail(DependencyDown("minio", type(exc).__name__))
+        return web.Response(body=data, content_type="image/jpeg", headers=INPUT_HEADERS)
 
 
 @app.page("/v1/classify")

@@ -94,7 +94,13 @@ def _schemas() -> dict[str, Any]:
             "request_id": {"type": "string"},
             "v": {"type": "integer", "description": "result schema version"},
             "links": {"type": "object",
-                      "properties": {"self": {"type": "string"}}},
+                      "properties": {
+                          "self": {"type": "string"},
+                          "input": {"type": "string",
+                                    "description": "the JPEG the model classified "
+                                                   "(GET it with the API key); present "
+                                                   "once status is done"},
+                      }},
             "source": {"type": "string", "enum": SOURCES,
                        "description": "which tier answered"},
             "duplicate_of": {"type": "string", "pattern": ULID_PATTERN,
@@ -276,11 +282,44 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                            "long-poll: wait up to this many seconds for a final result"),
                 ],
                 "responses": {
-                    "200": _json(_ref("Result"), "Known image; status says how far it got.",
-                                 {"X-Imagerec-Source": {
-                                     "description": "the tier that answered",
-                                     "schema": {"type": "string"}}}),
+                    "200": {**_json(_ref("Result"), "Known image; status says how far it "
+                                    "got.",
+                                    {"X-Imagerec-Source": {
+                                        "description": "the tier that answered",
+                                        "schema": {"type": "string"}}}),
+                            "links": {"GetImageInput": {
+                                "operationId": "getImageInput",
+                                "parameters": {"image_id": "$response.body#/id"}}}},
                     "400": _resp("BadRequest"), "404": _resp("NotFound"), **common,
+                },
+            },
+        },
+        "/v1/images/{image_id}/input": {
+            "get": {
+                "operationId": "getImageInput",
+                "summary": "The JPEG the model classified (a thumbnail)",
+                "description": "What the model saw: the image decoded, center-cropped and "
+                               "resized to the model's input size (224x224 for the default "
+                               "model), stored as JPEG. Available once "
+                               "the result is done (the result's `links.input`). It never "
+                               "changes, so clients may cache it.",
+                "parameters": [
+                    {"name": "image_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": ULID_PATTERN},
+                     "description": "the id returned by the upload"},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The JPEG.",
+                        "headers": {"Cache-Control": {
+                            "description": "private, max-age=86400",
+                            "schema": {"type": "string"}}},
+                        "content": {"image/jpeg": {"schema": {"type": "string",
+                                                              "format": "binary"}}},
+                    },
+                    "404": _error("No image with this id, or none classified yet (code: "
+                                  "not_found)."),
+                    **common,
                 },
             },
         },

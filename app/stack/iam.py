@@ -18,11 +18,14 @@ policy (``imagerec-<component>``) lists the S3 actions those paths perform:
     The union of everything a worker runs: uploads through ``POST /v1/images`` (Put, and
     Delete for the cleanup after a failed produce), the classify agent (Get originals, Put
     model inputs and results), retrieval (Get results, Head originals), the reconciler
-    (List originals and results), readiness (HeadBucket on every bucket) and the model
-    registry (Get/List ``models``). It cannot write ``models``: model files are code, so
+    (List originals and results), readiness (HeadBucket on every bucket), the model-input
+    thumbnails of ``GET /v1/images/{id}/input`` (Get/List ``processed-images``; List so that
+    a missing input is a 404, not an access error) and the model registry (Get/List
+    ``models``). It cannot write ``models``: model files are code, so
     only an admin (root credentials, ``imagerec models import``) may add or change them.
 ``api`` (a read-only reader of results)
-    Get/List ``classification-results``, HeadBucket for readiness. The local stack serves
+    Get/List ``classification-results`` and ``processed-images`` (the result and its
+    thumbnail), HeadBucket for readiness. The local stack serves
     the API from the workers (which hold the worker key); this key is for deployments that
     run the read side separately.
 
@@ -161,16 +164,16 @@ def policies(settings: Settings) -> dict[str, dict[str, Any]]:
         "classifier": read_models,
         "worker": [
             _allow(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [_objects(inp)]),
-            _allow(["s3:PutObject"], [_objects(proc)]),
+            _allow(["s3:GetObject", "s3:PutObject"], [_objects(proc)]),
             _allow(["s3:GetObject", "s3:PutObject"], [_objects(results)]),
             # Listing: the reconciler; also makes a missing key a 404, not a 403.
-            _allow(["s3:ListBucket"], [_bucket(inp), _bucket(results)]),
+            _allow(["s3:ListBucket"], [_bucket(inp), _bucket(proc), _bucket(results)]),
             _allow(["s3:HeadBucket"], every_bucket),  # /readyz checks every bucket
             *read_models,
         ],
         "api": [
-            _allow(["s3:GetObject"], [_objects(results)]),
-            _allow(["s3:ListBucket"], [_bucket(results)]),
+            _allow(["s3:GetObject"], [_objects(results), _objects(proc)]),
+            _allow(["s3:ListBucket"], [_bucket(results), _bucket(proc)]),
             _allow(["s3:HeadBucket"], every_bucket),
         ],
     }

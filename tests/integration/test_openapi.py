@@ -67,7 +67,8 @@ def test_document_is_served_without_a_key_and_covers_the_api(base: str) -> None:
                   for method in item}
     assert operations == {
         ("POST", "/v1/images"), ("GET", "/v1/images"), ("GET", "/v1/images/{image_id}"),
-        ("POST", "/v1/classify"), ("GET", "/v1/models"), ("GET", "/v1/events"),
+        ("GET", "/v1/images/{image_id}/input"), ("POST", "/v1/classify"),
+        ("GET", "/v1/models"), ("GET", "/v1/events"),
         ("GET", "/v1/openapi.json"),
     }
     for path, item in doc["paths"].items():

@@ -266,3 +266,32 @@ def test_models_and_metrics(gateway, settings) -> None:
                    "imagerec_end_to_end_seconds_bucket", "imagerec_retrievals_total",
                    "imagerec_consumer_lag"):
         assert metric in text, metric
+
+
+def test_model_input_is_served_as_a_keyed_jpeg(gateway) -> None:
+    """``links.input`` is what the page's gallery shows for images it did not upload."""
+    import io
+
+    from PIL import Image
+
+    reply = gateway.upload(jpeg_of("chelsea"), filename="chelsea.jpg")
+    assert reply.status in (200, 202), reply.body[:300]  # 200: already classified earlier
+    image_id = reply.json()["id"]
+    result = gateway.wait_done(image_id)
+    assert result["status"] == "done"
+    link = result["links"]["input"]
+    assert link == f"/v1/images/{image_id}/input"
+
+    thumb = gateway.get(link)
+    assert thumb.status == 200, thumb.body[:300]
+    assert thumb.headers["Content-Type"] == "image/jpeg"
+    assert thumb.headers["Cache-Control"] == "private, max-age=86400"
+    assert "nosniff" in thumb.headers["X-Content-Type-Options"]
+    with Image.open(io.BytesIO(thumb.body)) as img:
+        assert img.format == "JPEG" and img.size == (224, 224) and img.mode == "RGB"
+
+    unknown = gateway.get(f"/v1/images/{new_image_id()}/input")
+    assert unknown.status == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert gateway.get("/v1/images/not-an-id/input").status == 404
+    anonymous = gateway.get(link, key=False)
+    assert anonymous.status == 401 and anonymous.json()["error"]["code"] == "unauthorized"

@@ -133,14 +133,54 @@ def _screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def test_upload_chelsea_shows_cat_label_live(page: Page, tmp_path: Path) -> None:
+def _upload_via_api(api_key: str | None, photo: Path) -> dict:
+    """Upload as another client would (not through the page) and long-poll until done."""
+    import json
+
+    headers = {"Content-Type": "image/jpeg", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(GATEWAY + "/v1/images", data=photo.read_bytes(),
+                                 headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        image_id = json.load(resp)["id"]
+    del headers["Content-Type"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(f"{GATEWAY}/v1/images/{image_id}?wait=20",
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            result = json.load(resp)
+        if result["status"] in ("done", "failed"):
+            return result
+    pytest.fail(f"{image_id} was not classified within 60 s")
+
+
+def test_upload_chelsea_shows_cat_label_live(page: Page, api_key: str | None,
+                                             tmp_path: Path) -> None:
     from skimage import data
+
+    # A result uploaded by another client: after a reload, its gallery card shows the
+    # server's copy of the image (fetched with the key into a blob: URL), not a letter.
+    other = _upload_via_api(api_key, _photo(tmp_path / "coffee.jpg", data.coffee()))
+    assert other["status"] == "done", other
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-ready", "true")
+    other_card = page.locator("#gallery .card").filter(
+        has=page.locator(f'.card-name[title="image {other["id"]}"]'))
+    other_card.scroll_into_view_if_needed()              # thumbnails load when on screen
+    expect(other_card).to_have_attribute("data-thumb", "remote")
+    other_thumb = other_card.locator(".thumb img")
+    expect(other_thumb).to_have_attribute("src", re.compile(r"^blob:"))
+    expect(other_thumb).to_have_attribute("alt", other["labels"][0]["label"])
+    expect(other_thumb).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
 
     photo = _photo(tmp_path / "chelsea.jpg", data.chelsea())
     page.evaluate("window.__sameDocument = true")          # gone if the page reloads
     image_gets: list[str] = []
-    page.on("request", lambda req: image_gets.append(req.url)
-            if re.search(r"/v1/images/[^/?]+", req.url) else None)
+    page.on("request", lambda req: image_gets.append(req.url)   # thumbnails (/input) aside
+            if re.search(r"/v1/images/[^/?]+(\?|$)", req.url) else None)
 
     page.locator("#file-input").set_input_files(str(photo))
 
@@ -161,6 +201,9 @@ def test_upload_chelsea_shows_cat_label_live(page: Page, tmp_path: Path) -> None
     page.get_by_label("Filter by label").fill("")
     page.get_by_label("Filter by label").blur()          # no focus ring in the screenshot
     expect(page.locator("#rate-value")).not_to_have_text("0")
+    # thumbnails on screen have arrived (or fallen back to the letter) before the picture
+    expect(page.locator('#gallery .card:is([data-thumb="queued"], [data-thumb="loading"])')
+           ).to_have_count(0)
 
     shot = _screenshot(page, "web-page.png")
     docs_images = REPO / "docs" / "images"

@@ -132,16 +132,25 @@ function newCard(name) {
   node.querySelector(".card-name").textContent = name;
   node.querySelector(".card-name").title = name;
   const img = node.querySelector("img");
-  img.addEventListener("error", () => node.classList.add("no-thumb"));
+  img.addEventListener("error", () => {
+    node.classList.add("no-thumb");
+    if (node.dataset.thumb === "remote") {
+      node.dataset.thumb = "failed";            // the letter stays
+      return;
+    }
+    // A local file the browser cannot draw (TIFF, say): show the server's copy instead.
+    const result = thumbFallbacks.get(node);
+    if (result && node.dataset.thumb === "local") wantServerThumb(node, result);
+  });
   return node;
 }
 
-function setThumb(card, url, name) {
+function setThumb(card, url, name, alt = "") {
   const img = card.querySelector("img");
   if (url) {
     card.classList.remove("no-thumb");
     img.src = url;
-    img.alt = name ? `Thumbnail of ${name}` : "Thumbnail";
+    img.alt = alt || (name ? `Thumbnail of ${name}` : "Thumbnail");
   } else {
     card.classList.add("no-thumb");
     img.removeAttribute("src");
@@ -264,6 +273,7 @@ function addFiles(files) {
       card: newCard(file.name || "pasted image"),
     };
     setThumb(entry.card, entry.thumb, entry.name);
+    entry.card.dataset.thumb = "local";
     setBadge(entry.card, "waiting");
     setMessage(entry.card, "Waiting to upload…");
     state.entries.set(entry.localId, entry);
@@ -359,6 +369,9 @@ function applyResult(entry, result) {
   paintResult(entry.card, result);
   if (isFinal(entry.status)) {
     clearTimeout(entry.safetyTimer);
+    // If the browser could not draw the file itself, the server's copy stands in.
+    thumbFallbacks.set(entry.card, result);
+    if (entry.card.classList.contains("no-thumb")) wantServerThumb(entry.card, result);
     upsertGallery(result);
   }
   updateSummary();
@@ -400,6 +413,7 @@ function updateSummary() {
 function clearFinished() {
   for (const [localId, entry] of state.entries) {
     if (!isFinal(entry.status)) continue;
+    dropServerThumb(entry.card);
     entry.card.remove();
     state.entries.delete(localId);
     if (entry.serverId) state.byServerId.delete(entry.serverId);
@@ -408,6 +422,124 @@ function clearFinished() {
   $("uploads-empty").hidden = state.entries.size > 0;
   updateSummary();
   $("uploads-heading").focus();
+}
+
+// ---------------------------------------------------------------------------------------
+// Server thumbnails
+//
+// A card without the uploaded file (a result from another client, or from before a reload)
+// shows the image the model classified, the result's links.input. An <img src> cannot send
+// the API key, so the JPEG is fetched with the key and shown from an object URL. Only cards
+// on screen fetch, a few at a time: a full gallery must not spend the key's rate limit or
+// the connections that uploads need. Each object URL is revoked when its card goes.
+// card.dataset.thumb says where a card's picture stands (tests wait on it):
+// local | waiting (off screen) | queued | loading | remote | failed.
+
+const THUMB_PARALLEL = 2;
+const THUMB_RETRY_STATUSES = new Set([0, 429, 502, 503]);   // worth asking again later
+const serverThumbs = new WeakMap();   // card -> { path, alt, key, status, retry, url }
+const thumbFallbacks = new WeakMap(); // card with a local file -> its final result
+const thumbQueue = [];
+let thumbsActive = 0;
+const thumbObserver = typeof IntersectionObserver === "function"
+  ? new IntersectionObserver(onThumbsVisible, { rootMargin: "200px 0px" })
+  : null;
+
+/** The thumbnail for a card: the local file while it draws, else the server's copy. */
+function showThumb(card, localUrl, name, result) {
+  const server = serverThumbs.get(card);
+  if (server && server.url) {
+    setThumb(card, server.url, name, server.alt);
+  } else if (localUrl && !server) {   // a server copy is only asked for once the file failed
+    setThumb(card, localUrl, name);
+    card.dataset.thumb = "local";
+    thumbFallbacks.set(card, result);
+  } else {
+    setThumb(card, null);
+    wantServerThumb(card, result);
+  }
+}
+
+/** Queue the server's copy of a finished image for this card, once it is on screen. Asks
+ * again only after a failure that may pass (rate limit, outage) or under another key. */
+function wantServerThumb(card, result) {
+  const path = result && result.links && result.links.input;
+  if (typeof path !== "string" || !path.startsWith("/v1/images/")) return;  // keyed API only
+  const top = result.labels && result.labels[0];
+  const alt = top ? String(top.label) : "Classified image";
+  const known = serverThumbs.get(card);
+  if (known && known.path === path &&
+      !(known.status === "failed" && (known.retry || known.key !== state.apiKey))) {
+    known.alt = alt;
+    return;
+  }
+  dropServerThumb(card);
+  serverThumbs.set(card, { path, alt, key: state.apiKey, status: "waiting", retry: false,
+    url: null });
+  card.dataset.thumb = "waiting";
+  if (thumbObserver) {
+    thumbObserver.observe(card);
+  } else {
+    onThumbsVisible([{ target: card, isIntersecting: true }]);
+  }
+}
+
+function onThumbsVisible(entries) {
+  for (const { target, isIntersecting } of entries) {
+    const thumb = serverThumbs.get(target);
+    if (!thumb) continue;
+    if (isIntersecting && thumb.status === "waiting") {
+      thumb.status = target.dataset.thumb = "queued";
+      thumbQueue.push(target);
+    } else if (!isIntersecting && thumb.status === "queued") {
+      thumb.status = target.dataset.thumb = "waiting";  // scrolled away before its turn
+    }
+  }
+  pumpThumbs();
+}
+
+function pumpThumbs() {
+  while (thumbsActive < THUMB_PARALLEL && thumbQueue.length) {
+    const card = thumbQueue.shift();
+    const thumb = serverThumbs.get(card);
+    if (thumb && thumb.status === "queued" && card.isConnected) loadServerThumb(card, thumb);
+  }
+}
+
+async function loadServerThumb(card, thumb) {
+  thumbsActive += 1;
+  thumb.status = "loading";
+  card.dataset.thumb = "loading";
+  if (thumbObserver) thumbObserver.unobserve(card);
+  let status = 0;
+  try {
+    const resp = await fetch(thumb.path, { headers: { Accept: "image/jpeg", ...authHeaders() } });
+    status = resp.status;
+    const blob = resp.ok ? await resp.blob() : null;
+    if (serverThumbs.get(card) !== thumb) return;     // the card went meanwhile
+    if (!blob || !blob.type.startsWith("image/")) throw new Error(`HTTP ${status}`);
+    thumb.url = URL.createObjectURL(blob);
+    thumb.status = "loaded";
+    card.dataset.thumb = "remote";
+    setThumb(card, thumb.url, null, thumb.alt);
+  } catch {
+    if (serverThumbs.get(card) === thumb) {
+      thumb.status = "failed";
+      thumb.retry = THUMB_RETRY_STATUSES.has(status);
+      card.dataset.thumb = "failed";  // the letter stays
+    }
+  } finally {
+    thumbsActive -= 1;
+    pumpThumbs();
+  }
+}
+
+/** Forget a card's server thumbnail (the card is going, or asks again): free its blob. */
+function dropServerThumb(card) {
+  if (thumbObserver) thumbObserver.unobserve(card);
+  const thumb = serverThumbs.get(card);
+  if (thumb && thumb.url) URL.revokeObjectURL(thumb.url);
+  serverThumbs.delete(card);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -430,12 +562,10 @@ function upsertGallery(result, { append = false } = {}) {
   const thumb = state.thumbs.get(result.id);
   const localName = state.byServerId.get(result.id)?.name;
   if (localName) item.el.querySelector(".card-name").textContent = localName;
-  setThumb(item.el, thumb || null, localName);
-  if (!thumb) {
-    const top = result.labels && result.labels[0];
-    item.el.querySelector(".thumb-placeholder").textContent =
-      top ? top.label.charAt(0).toUpperCase() : "?";
-  }
+  const top = result.labels && result.labels[0];
+  item.el.querySelector(".thumb-placeholder").textContent =
+    top ? top.label.charAt(0).toUpperCase() : "?";
+  showThumb(item.el, thumb || null, localName, result);
   paintResult(item.el, result);
   applyFilter();
   refreshLabelOptions();
@@ -462,6 +592,7 @@ function trimGallery() {
         break;
       }
     }
+    dropServerThumb(last);
     last.remove();
   }
 }
