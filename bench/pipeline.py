@@ -150,7 +150,7 @@ def _program(pid: str, argv: list[str]) -> str:
     return "other"
 
 
-def ceiling(photos: list[bytes]) -> float:
+def ceiling(photos: list[bytes], passes: int = 2) -> float:
     """Decode + preprocess + infer, one image after the other, in this process."""
     from app.imaging import prepare
     from app.model.classifier import Classifier
@@ -159,12 +159,14 @@ def ceiling(photos: list[bytes]) -> float:
     loaded = clf.current
     for data in photos[:20]:  # warm up
         clf.classify_arrays_sync([prepare(data, loaded.spec)[1]], model=loaded)
-    t0 = time.perf_counter()
-    for data in photos:
-        clf.classify_arrays_sync([prepare(data, loaded.spec)[1]], model=loaded)
-    elapsed = time.perf_counter() - t0
+    best = 0.0
+    for _ in range(passes):  # the best pass: a conservative (high) ceiling
+        t0 = time.perf_counter()
+        for data in photos:
+            clf.classify_arrays_sync([prepare(data, loaded.spec)[1]], model=loaded)
+        best = max(best, len(photos) / (time.perf_counter() - t0))
     clf.close()
-    return len(photos) / elapsed
+    return best
 
 
 def main() -> None:
@@ -183,6 +185,8 @@ def main() -> None:
     print(f"images: {len(photos)} real JPEGs, median {statistics.median(sizes) / 1024:.0f} KiB; "
           f"gateway {base}; batch {settings.batch_size} within {settings.batch_window_s}s")
 
+    print("in-process ceiling (stack idle) ...", flush=True)
+    ceil = ceiling(photos)
     print("warm-up ...", flush=True)
     asyncio.run(run_load(base, key, photo_variants(40, seed=seed + 2), args.concurrency, None))
     print(f"light load: {args.light_images} images at {args.light_rate}/s ...", flush=True)
@@ -192,8 +196,6 @@ def main() -> None:
     rate, lat = asyncio.run(run_load(base, key, photos, args.concurrency, None))
     after = cpu_seconds()
     used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    print("in-process ceiling ...", flush=True)
-    ceil = ceiling(photos)
 
     print()
     print(f"{'measure':34} {'value':>10}")
