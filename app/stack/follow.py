@@ -35,6 +35,7 @@ def run_foreground() -> None:
     logs = sorted(p for p in layout.logs.glob("*.log") if not p.name.startswith("supervisord"))
     print(f"open {get_settings().gateway_url}/  -- following logs, Ctrl-C stops everything",
           flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with INT ignored
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _follow(logs)
