@@ -14,7 +14,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
-from app import imaging, ingest, metrics, names, retrieval
+from app import imaging, ingest, metrics, names, params, retrieval
 from app import results as res
 from app.errors import ApiError, DependencyDown
 from app.faust_app import app, settings
@@ -47,30 +47,12 @@ def _request_id(request: web.Request) -> str:
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be an integer", code="bad_parameter") from None
-    if not lo <= value <= hi:
-        raise ApiError(f"{name} must be between {lo} and {hi}", code="bad_parameter")
-    return value
+    return params.int_param(request.query, name, default, lo, hi)
 
 
 def _float_param(request: web.Request, name: str, default: float, lo: float,
                  hi: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be a number", code="bad_parameter") from None
-    if not lo <= value <= hi:
-        raise ApiError(f"{name} must be between {lo} and {hi}", code="bad_parameter")
-    return value
+    return params.float_param(request.query, name, default, lo, hi)
 
 
 async def _read_limited(reader: Any) -> bytes:

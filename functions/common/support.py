@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app import imaging
+from app import imaging, params
 from app.errors import ApiError, DependencyDown
 from app.logs import get_logger
 
@@ -232,31 +232,8 @@ def read_image(event: Any, max_bytes: int) -> tuple[bytes, dict[str, str]]:
         f"send multipart/form-data with field 'file', or an image/* body (got {ctype!r})")
 
 
-def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be an integer", code="bad_parameter") from None
-    if not lo <= value <= hi:
-        raise ApiError(f"{name} must be between {lo} and {hi}", code="bad_parameter")
-    return value
-
-
-def float_param(query: Mapping[str, str], name: str, default: float, lo: float,
-                hi: float) -> float:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be a number", code="bad_parameter") from None
-    if not lo <= value <= hi:  # also refuses nan
-        raise ApiError(f"{name} must be between {lo} and {hi}", code="bad_parameter")
-    return value
+int_param = params.int_param  # one parser for views and functions (app/params.py)
+float_param = params.float_param
 
 
 # ---- the response (the python3-http template's dict) ----------------------------------------

@@ -75,3 +75,17 @@ def test_callback_url_must_be_absolute_http(url: str) -> None:
 def test_callback_url_accepted() -> None:
     assert check_callback_url("https://example.test/hook") == "https://example.test/hook"
     assert check_callback_url(None) is None
+
+
+def test_query_parameters_are_bounded() -> None:
+    from app.params import float_param, int_param
+
+    assert int_param({"top_k": "3"}, "top_k", 5, 0, 25) == 3
+    assert int_param({}, "top_k", 5, 0, 25) == 5
+    assert float_param({"min_score": "0.5"}, "min_score", 0.0, 0.0, 1.0) == 0.5
+    for query in ({"top_k": "x"}, {"top_k": "26"}, {"top_k": "-1"}):
+        with pytest.raises(ApiError, match="top_k"):
+            int_param(query, "top_k", 5, 0, 25)
+    for raw in ("nan", "1.5", "abc"):
+        with pytest.raises(ApiError, match="min_score"):
+            float_param({"min_score": raw}, "min_score", 0.0, 0.0, 1.0)
