@@ -295,3 +295,77 @@ def test_model_input_is_served_as_a_keyed_jpeg(gateway) -> None:
     assert gateway.get("/v1/images/not-an-id/input").status == 404
     anonymous = gateway.get(link, key=False)
     assert anonymous.status == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+
+
+def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settings,
+                                                                 store) -> None:
+    """The gap between the two upload writes: an original stored, its event never sent."""
+    import asyncio
+    import hashlib
+
+    from ulid import ULID
+
+    from app.reconcile import find_orphans, reconcile_once
+
+    data = photo_variants(1, seed=5150 + int(time.time()))[0]
+    old = str(ULID.from_timestamp(time.time() - settings.reconcile_grace_s - 60))
+    store.put_bytes(settings.bucket_input, names.original_key(old), data, "image/jpeg",
+                    {"sha256": hashlib.sha256(data).hexdigest(), "created-at": res.now_iso()})
+    assert gateway.get(f"/v1/images/{old}").json()["status"] == "queued"
+
+    async def one_pass() -> int:
+        from app.broker import get_publisher
+
+        try:
+            return await reconcile_once(store, settings)
+        finally:
+            await get_publisher().stop()
+
+    assert asyncio.run(one_pass()) >= 1
+    result = gateway.wait_done(old)
+    assert result["status"] == "done" and result["labels"]
+    assert old not in {o.object_name for o in find_orphans(store, settings)}
+
+
+def test_callback_url_receives_the_signed_result(gateway, settings) -> None:
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[dict, bytes]] = []
+    arrived = threading.Event()
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+            arrived.set()
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        import urllib3
+
+        fields = {"file": ("p.jpg", photo_variants(1, seed=8080 + int(time.time()))[0],
+                           "image/jpeg"), "callback_url": url}
+        body, ctype = urllib3.encode_multipart_formdata(fields)
+        reply = gateway.post_raw("/v1/images", body, ctype)
+        assert reply.status == 202, reply.body
+        image_id = reply.json()["id"]
+        assert arrived.wait(60), "the webhook never arrived"
+    finally:
+        server.shutdown()
+    headers, payload = got[0]
+    result = json.loads(payload)
+    assert result["id"] == image_id and result["status"] == "done"
+    assert "callback_url" not in result
+    expected = "sha256=" + hmac.new(settings.callback_secret.encode(), payload,
+                                    hashlib.sha256).hexdigest()
+    assert headers["X-Imagerec-Signature"] == expected
