@@ -53,7 +53,11 @@ async def handle_batch(raws: list[bytes | None]) -> None:
     futures = [await results_topic.send(key=r["id"].encode(), value=res.encode(r))
                for r in results]
     await asyncio.gather(*futures)
-    log.info("batch classified", size=len(events),
+    for r in results:
+        if r["status"] == "failed":
+            log.warning("image failed", image_id=r["id"], request_id=r.get("request_id", ""),
+                        reason=r["error"]["code"], detail=r["error"]["message"])
+    log.info("batch classified", size=len(events), image_ids=[r["id"] for r in results],
              failed=sum(r["status"] == "failed" for r in results),
              ms=round((time.perf_counter() - t0) * 1000, 1))
 
