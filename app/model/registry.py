@@ -463,12 +463,14 @@ class ModelRegistry:
             keras_tmp = Path(tmp) / "model.keras"
             model.save(keras_tmp)  # .h5 or .keras in, one canonical format out
             data = keras_tmp.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
+        sha = hashlib.sha256(data).hexdigest()  # integrity of the stored file
+        content_sha = _content_sha256(model)  # sameness: the saved file embeds a timestamp
         labels_sha = hashlib.sha256(json.dumps(labels).encode()).hexdigest()
         for existing in self._custom_versions(name):
             info = json.loads(self.store.get_bytes(
                 self.bucket, f"{CUSTOM_PREFIX}{name}/{existing}/info.json"))
-            if info.get("sha256") == sha and info.get("labels_sha256") == labels_sha:
+            if (info.get("content_sha256") == content_sha
+                    and info.get("labels_sha256") == labels_sha):
                 return self._custom(name, existing)
 
         latest = self._latest_version(name)
@@ -479,7 +481,8 @@ class ModelRegistry:
         prefix = f"{CUSTOM_PREFIX}{name}/{version}/"
         self.store.put_bytes(self.bucket, prefix + "model.keras", data)
         self.store.put_bytes(self.bucket, prefix + "labels.json", json.dumps(labels).encode())
-        body = {**info.to_dict(), "labels_sha256": labels_sha, "source_file": path.name}
+        body = {**info.to_dict(), "labels_sha256": labels_sha, "content_sha256": content_sha,
+                "source_file": path.name}
         self.store.put_bytes(self.bucket, prefix + "info.json", json.dumps(body).encode())
         log.info("imported %s (%d classes, %s)", info.ref, n_out, output)
         return self._custom(name, version)
@@ -488,6 +491,16 @@ class ModelRegistry:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _content_sha256(model: Any) -> str:
+    """Architecture and weights only, so re-importing the same model is recognised even though
+    each ``model.save`` writes a different file (Keras records the save time in it)."""
+    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for weights in model.get_weights():
+        digest.update(str(weights.dtype).encode() + str(weights.shape).encode())
+        digest.update(weights.tobytes())
+    return digest.hexdigest()
 
 
 def mobilenet_v2_weights() -> Path | None:
