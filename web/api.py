@@ -242,9 +242,28 @@ class Models(View):
             return _fail(DependencyDown("minio", repr(exc)[:100]))
 
 
+async def _missed_since(last_id: str) -> list[dict[str, Any]]:
+    """Results finished after ``last_id``, oldest first; none if it is unknown or too old."""
+    if not is_image_id(last_id):
+        return []
+    try:
+        recent = await retrieval.recent(500)  # newest first
+    except Exception:  # noqa: BLE001 - a replay is best effort; live events still flow
+        return []
+    ids = [r["id"] for r in recent]
+    if last_id not in ids:
+        return []
+    return list(reversed(recent[: ids.index(last_id)]))
+
+
 @app.page("/v1/events")
 class Events(View):
-    """Server-Sent Events: every finished result, as it is stored."""
+    """Server-Sent Events: every finished result, as it is stored.
+
+    A client that reconnects with ``Last-Event-ID`` (browsers' EventSource does so by itself)
+    first gets the results it missed, from the recent list, so a dropped connection loses
+    nothing that finished in the gap.
+    """
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={
@@ -252,17 +271,27 @@ class Events(View):
             "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         await resp.write(b": connected\n\n")
-        queue = get_hub().subscribe()
+        queue = get_hub().subscribe()  # before the replay, so nothing falls in between
+        sent: set[str] = set()
+
+        async def send(result: dict[str, Any]) -> None:
+            sent.add(result["id"])
+            data = json.dumps(res.view(result), separators=(",", ":"))
+            await resp.write(f"event: result\nid: {result['id']}\ndata: {data}\n\n".encode())
+
         try:
+            for missed in await _missed_since(request.headers.get("Last-Event-ID", "")):
+                await send(missed)
             while True:
                 try:
                     result = await asyncio.wait_for(queue.get(), 15.0)
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
-                data = json.dumps(res.view(result), separators=(",", ":"))
-                await resp.write(f"event: result\nid: {result['id']}\ndata: {data}\n\n"
-                                 .encode())
+                if result["id"] not in sent:
+                    await send(result)
+                if len(sent) > 10_000:
+                    sent.clear()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -348,7 +348,8 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                                "`id: <image id>`, `data: <Result JSON>`; comment lines keep "
                                "the connection alive every 15 s. Browsers' EventSource "
                                "cannot send headers, so this path also accepts the key as "
-                               "`?api_key=`.",
+                               "`?api_key=`. A client reconnecting with `Last-Event-ID` "
+                               "first receives the results it missed (from the last 500).",
                 "security": [{"bearer": []}, {"apiKeyHeader": []}, {"apiKeyQuery": []}],
                 "responses": {
                     "200": {"description": "The stream.",

@@ -164,11 +164,17 @@ class Gateway:
             return answer
         raise AssertionError("unreachable")  # the loop always returns on its last attempt
 
-    async def events(self) -> aiohttp.ClientResponse:
-        """Open the Server-Sent Events stream (no read timeout: results may be rare)."""
+    async def events(self, last_id: str | None = None) -> aiohttp.ClientResponse:
+        """Open the Server-Sent Events stream (no read timeout: results may be rare).
+
+        ``last_id``: the last result seen, so the server replays what finished meanwhile.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
         try:
             resp = await self._session.get(
-                self.url + "/v1/events", headers={"Accept": "text/event-stream"},
+                self.url + "/v1/events", headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None))
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             raise self.unreachable(exc) from exc
@@ -561,11 +567,12 @@ async def _sse_results(resp: aiohttp.ClientResponse) -> Any:
 async def _watch(url: str, api_key: str | None, as_json: bool, count: int | None) -> int:
     seen = 0
     backoff = 1.0
+    last_id: str | None = None
     async with Gateway(url, api_key) as gw:
         first = True
         while True:
             try:
-                resp = await gw.events()
+                resp = await gw.events(last_id)
             except CliError as exc:
                 if first or exc.code == EXIT_KEY:
                     raise
@@ -579,6 +586,7 @@ async def _watch(url: str, api_key: str | None, as_json: bool, count: int | None
             first, backoff = False, 1.0
             try:
                 async for result in _sse_results(resp):
+                    last_id = result.get("id") or last_id
                     if as_json:
                         click.echo(json.dumps(result, ensure_ascii=False))
                     else:

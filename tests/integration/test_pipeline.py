@@ -369,3 +369,32 @@ def test_callback_url_receives_the_signed_result(gateway, settings) -> None:
     expected = "sha256=" + hmac.new(settings.callback_secret.encode(), payload,
                                     hashlib.sha256).hexdigest()
     assert headers["X-Imagerec-Signature"] == expected
+
+
+def test_event_stream_replays_what_a_reconnecting_client_missed(gateway) -> None:
+    import urllib3
+
+    first, second, third = photo_variants(3, seed=2718 + int(time.time()))
+    a = gateway.wait_done(gateway.upload(first).json()["id"])["id"]
+    b = gateway.wait_done(gateway.upload(second).json()["id"])["id"]
+    c = gateway.wait_done(gateway.upload(third).json()["id"])["id"]
+    time.sleep(0.5)  # the results agent has pushed them to the recent list
+    resp = gateway.http.request(
+        "GET", f"{gateway.base}/v1/events", preload_content=False,
+        headers={"Authorization": f"Bearer {gateway.api_key}", "Last-Event-ID": a},
+        timeout=urllib3.Timeout(connect=5, read=10))
+    seen: list[str] = []
+    try:
+        assert resp.status == 200
+        buffer = b""
+        deadline = time.monotonic() + 10
+        while not {b, c} <= set(seen) and time.monotonic() < deadline:
+            buffer += resp.read1(65536) if hasattr(resp, "read1") else resp.read(1024)
+            *lines, buffer = buffer.split(b"\n")
+            seen += [line[4:].decode().strip() for line in lines if line.startswith(b"id: ")]
+    finally:
+        resp.release_conn()
+        resp.close()
+    assert {b, c} <= set(seen), seen
+    assert a not in seen
+    assert seen.index(b) < seen.index(c)  # oldest first
