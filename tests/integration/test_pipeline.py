@@ -379,7 +379,8 @@ def test_event_stream_replays_what_a_reconnecting_client_missed(gateway) -> None
     b = gateway.wait_done(gateway.upload(second).json()["id"])["id"]
     c = gateway.wait_done(gateway.upload(third).json()["id"])["id"]
     time.sleep(0.5)  # the results agent has pushed them to the recent list
-    resp = gateway.http.request(
+    own = urllib3.PoolManager(retries=False)  # an endless stream must not return to a shared pool
+    resp = own.request(
         "GET", f"{gateway.base}/v1/events", preload_content=False,
         headers={"Authorization": f"Bearer {gateway.api_key}", "Last-Event-ID": a},
         timeout=urllib3.Timeout(connect=5, read=10))
@@ -393,8 +394,8 @@ def test_event_stream_replays_what_a_reconnecting_client_missed(gateway) -> None
             *lines, buffer = buffer.split(b"\n")
             seen += [line[4:].decode().strip() for line in lines if line.startswith(b"id: ")]
     finally:
-        resp.release_conn()
         resp.close()
+        own.clear()
     assert {b, c} <= set(seen), seen
     assert a not in seen
     assert seen.index(b) < seen.index(c)  # oldest first
