@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
 
-from minio.error import S3Error
-
 from app import cache, imaging, names
 from app import results as res
 from app.broker import get_publisher
@@ -24,7 +22,7 @@ from app.errors import ApiError, DependencyDown
 from app.ids import new_image_id
 from app.logs import get_logger
 from app.settings import get_settings
-from app.storage import ObjectMissing, get_store
+from app.storage import get_store
 
 log = get_logger(__name__)
 
@@ -47,14 +45,8 @@ def check_callback_url(url: str | None) -> str | None:
 
 
 async def _s3(call: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return await asyncio.to_thread(call, *args)
-    except ObjectMissing:
-        raise
-    except S3Error as exc:
-        raise DependencyDown("minio", exc.code) from exc
-    except Exception as exc:  # urllib3 connection errors, timeouts
-        raise DependencyDown("minio", type(exc).__name__) from exc
+    """A blocking store call off the loop; the store raises ``DependencyDown`` itself."""
+    return await asyncio.to_thread(call, *args)
 
 
 async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, Any] | None:
@@ -113,5 +105,4 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
         raise
     log.info("image accepted", image_id=image_id, format=fmt, bytes=len(data),
              width=width, height=height)
-    body = res.view(res.queued(event)) | {"status": "queued"}
-    return 202, body
+    return 202, res.view(res.queued(event))

@@ -21,7 +21,6 @@ from PIL import Image
 
 from app import imaging, names
 from app import results as res
-from app.errors import DependencyDown
 from app.logs import get_logger
 from app.settings import get_settings
 from app.storage import ObjectMissing, get_store
@@ -184,4 +183,4 @@ def image_size(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-__all__ = ["DependencyDown", "classify_now", "image_size", "process_batch"]
+__all__ = ["classify_now", "image_size", "process_batch"]

@@ -11,7 +11,6 @@ from faust.web.exceptions import ServiceUnavailable
 
 from app import cache, names
 from app import results as res
-from app.errors import DependencyDown
 from app.faust_app import app, settings
 from app.logs import get_logger
 from app.storage import ObjectMissing, get_store
@@ -26,17 +25,12 @@ async def from_storage(image_id: str) -> dict[str, Any] | None:
                                       names.result_key(image_id))
     except ObjectMissing:
         return None
-    except Exception as exc:  # the store is down: the client should retry, not see a 404
-        raise DependencyDown("minio", type(exc).__name__) from exc
     return res.decode(raw)
 
 
 async def original_exists(image_id: str) -> bool:
-    try:
-        return await asyncio.to_thread(get_store().exists, settings.bucket_input,
-                                       names.original_key(image_id))
-    except Exception as exc:
-        raise DependencyDown("minio", type(exc).__name__) from exc
+    return await asyncio.to_thread(get_store().exists, settings.bucket_input,
+                                   names.original_key(image_id))
 
 
 async def lookup(view: Any, request: Any, image_id: str) -> tuple[Any, str]:

@@ -7,12 +7,15 @@ client-supplied names.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from app.errors import DependencyDown
 from app.settings import Settings, get_settings
 
 
@@ -39,6 +42,24 @@ def make_minio(settings: Settings, *, access_key: str | None = None,
     )
 
 
+_MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
+
+
+@contextmanager
+def _translated(bucket: str, key: str) -> Iterator[None]:
+    """S3 answers in imagerec's terms, in one place: a missing object is ``ObjectMissing``
+    (a ``KeyError``); anything else (refused connection, timeout, 5xx, access denied) is
+    ``DependencyDown``, which callers retry (the pipeline) or answer 503 with (the API)."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code in _MISSING:
+            raise ObjectMissing(f"{bucket}/{key}") from exc
+        raise DependencyDown("minio", exc.code) from exc
+    except Exception as exc:
+        raise DependencyDown("minio", type(exc).__name__) from exc
+
+
 class ObjectStore:
     """The few operations imagerec needs, as blocking calls (run them in an executor)."""
 
@@ -48,37 +69,35 @@ class ObjectStore:
     def put_bytes(self, bucket: str, key: str, data: bytes,
                   content_type: str = "application/octet-stream",
                   metadata: dict[str, str] | None = None) -> None:
-        self.client.put_object(bucket, key, io.BytesIO(data), len(data),
-                               content_type=content_type, metadata=metadata)
+        with _translated(bucket, key):
+            self.client.put_object(bucket, key, io.BytesIO(data), len(data),
+                                   content_type=content_type, metadata=metadata)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
-        try:
+        with _translated(bucket, key):
             resp = self.client.get_object(bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ObjectMissing(f"{bucket}/{key}") from exc
-            raise
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
-            self.client.stat_object(bucket, key)
+            with _translated(bucket, key):
+                self.client.stat_object(bucket, key)
             return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                return False
-            raise
+        except ObjectMissing:
+            return False
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
-        return [o.object_name for o in self.client.list_objects(bucket, prefix=prefix,
-                                                                recursive=True)]
+        with _translated(bucket, prefix):
+            return [o.object_name for o in self.client.list_objects(bucket, prefix=prefix,
+                                                                    recursive=True)]
 
     def delete(self, bucket: str, key: str) -> None:
-        self.client.remove_object(bucket, key)
+        with _translated(bucket, key):
+            self.client.remove_object(bucket, key)
 
 
 @lru_cache(maxsize=1)

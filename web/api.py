@@ -16,7 +16,7 @@ from faust.web import View
 
 from app import imaging, ingest, metrics, names, params, retrieval
 from app import results as res
-from app.errors import ApiError, DependencyDown
+from app.errors import ApiError, DependencyDown, http_error
 from app.faust_app import app, settings
 from app.ids import is_image_id
 from app.logs import get_logger
@@ -32,14 +32,13 @@ MAX_WAIT_S = 60.0
 
 
 def _fail(exc: Exception) -> web.Response:
+    mapped = http_error(exc)
+    if mapped is None:
+        raise exc
     if isinstance(exc, imaging.ImageError):
         metrics.UPLOADS_REJECTED.labels(code=exc.code).inc()
-        return error_response(exc.http_status, exc.code, exc.message)
-    if isinstance(exc, DependencyDown):
-        return error_response(503, exc.code, exc.message, {"Retry-After": "5"})
-    if isinstance(exc, ApiError):
-        return error_response(exc.http_status, exc.code, exc.message)
-    raise exc
+    status, body, headers = mapped
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _request_id(request: web.Request) -> str:
@@ -209,8 +208,8 @@ class ImageInput(View):
             # Unknown id, not classified yet, failed before decoding, or stored before model
             # inputs were JPEG: in every case there is nothing to show.
             return error_response(404, "not_found", "no stored model input for this image")
-        except Exception as exc:  # noqa: BLE001 - the store is down: retry, not a 404
-            return _fail(DependencyDown("minio", type(exc).__name__))
+        except Exception as exc:  # noqa: BLE001 - DependencyDown from the store: 503
+            return _fail(exc)
         return web.Response(body=data, content_type="image/jpeg", headers=INPUT_HEADERS)
 
 

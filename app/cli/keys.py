@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -15,6 +17,19 @@ import click
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+@contextmanager
+def _key_store_errors() -> Iterator[None]:
+    """One clear line for what admins can hit: a refused request or an unreachable store."""
+    from app.apikeys import ApiKeyError
+
+    try:
+        yield
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - S3 down or misconfigured: say so, briefly
+        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
 
 
 def _keystore():  # noqa: ANN202 - imported lazily so `imagerec --help` stays fast
@@ -41,16 +56,8 @@ def keys() -> None:
               help="Rotate: issue a new key for a name that already has an active one.")
 def create(name: str, replace_active: bool) -> None:
     """Print a new key on stdout (one line; it is shown only this once)."""
-    from app.apikeys import ApiKeyError
-
-    try:
+    with _key_store_errors():
         key = _keystore().create(name, replace_active=replace_active)
-    except ApiKeyError as exc:
-        _fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - S3 down or misconfigured: say so, briefly
-        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
-        return
     click.echo(key)
 
 
@@ -58,16 +65,10 @@ def create(name: str, replace_active: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(as_json: bool) -> None:
     """Show every key's name, creation time and revocation time (never the key)."""
-    from app.apikeys import ApiKeyError, format_records
+    from app.apikeys import format_records
 
-    try:
+    with _key_store_errors():
         rows = format_records(_keystore().records())
-    except ApiKeyError as exc:
-        _fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001
-        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
-        return
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -84,14 +85,6 @@ def list_(as_json: bool) -> None:
 @click.argument("name")
 def revoke(name: str) -> None:
     """Revoke the key called NAME; the gateway refuses it within a few seconds."""
-    from app.apikeys import ApiKeyError
-
-    try:
+    with _key_store_errors():
         record = _keystore().revoke(name)
-    except ApiKeyError as exc:
-        _fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001
-        _fail(f"cannot reach the key store ({exc!r}); is the stack up (`make up`)?")
-        return
     click.echo(f"revoked {record.name} at {record.revoked}")

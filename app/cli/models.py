@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,19 @@ def _registry(ctx: click.Context) -> ModelRegistry:
     return ModelRegistry(open_store(ctx.obj.get("local")))
 
 
+@contextmanager
+def _model_store_errors() -> Iterator[None]:
+    """A refused model or reference, or an unreachable store: one clear line, exit 1."""
+    from app.model.registry import ModelError
+
+    try:
+        yield
+    except (ModelError, ValueError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
+        _fail(f"model store unavailable: {exc}")
+
+
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -70,16 +85,9 @@ def models(ctx: click.Context, local: Path | None) -> None:
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
     """Show every model, its versions, availability and which one is the default."""
-    from app.model.registry import ModelError
 
-    try:
+    with _model_store_errors():
         entries = _registry(ctx).list_models()
-    except ModelError as exc:
-        _fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
-        _fail(f"model store unavailable: {exc}")
-        return
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
@@ -110,19 +118,12 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 def import_(ctx: click.Context, file: Path, labels_path: Path, name: str, normalisation: str,
             input_size: int | None, output: str | None) -> None:
     """Validate a Keras model FILE (.keras/.h5) and store it as the next version of NAME."""
-    from app.model.registry import ModelError
 
-    try:
+    with _model_store_errors():
         with quiet_native_stderr():
             info = _registry(ctx).import_model(file, labels_path, name,
                                                normalisation=normalisation,
                                                input_size=input_size, output=output)
-    except ModelError as exc:
-        _fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
-        _fail(f"model store unavailable: {exc}")
-        return
     click.echo(f"imported {info.ref}: {info.num_classes} classes, input {info.input_size}px, "
                f"{info.output}, normalisation {info.spec.normalisation}")
 
@@ -136,21 +137,15 @@ def set_default(ctx: click.Context, ref: str, check: bool) -> None:
     """Make NAME (newest version) or NAME:VERSION the default; workers switch within
     ``model_poll_s`` seconds, without a restart."""
     from app.model.classifier import Classifier
-    from app.model.registry import ModelError, parse_ref
+    from app.model.registry import parse_ref
 
     registry = _registry(ctx)
     name, version = parse_ref(ref)
-    try:
+    with _model_store_errors():
         if check:
             with quiet_native_stderr():
                 Classifier(registry, model=ref).close()
         registry.set_default(name, version)
-    except (ModelError, ValueError) as exc:
-        _fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - S3 down, bad credentials: one clear line
-        _fail(f"model store unavailable: {exc}")
-        return
     click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)"))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app import imaging, params
-from app.errors import ApiError, DependencyDown
+from app.errors import ApiError, http_error
 from app.logs import get_logger
 
 log = get_logger(__name__)
@@ -254,17 +254,13 @@ def error_body(status: int, code: str, message: str,
 
 
 def error_response(exc: Exception) -> dict[str, Any]:
-    """The ``/v1`` API's mapping of errors to status codes (see ``web.api._fail``)."""
-    if isinstance(exc, imaging.ImageError):
-        return error_body(exc.http_status, exc.code, exc.message)
-    if isinstance(exc, DependencyDown):
-        return error_body(503, exc.code, exc.message, {"Retry-After": "5"})
-    if isinstance(exc, FunctionTimeout):
-        return error_body(exc.http_status, exc.code, exc.message, {"Retry-After": "5"})
-    if isinstance(exc, ApiError):
-        return error_body(exc.http_status, exc.code, exc.message)
-    log.error("function failed", error=repr(exc)[:500], exc_info=exc)
-    return error_body(500, "internal_error", "the function failed; see its log")
+    """The ``/v1`` API's mapping of errors to status codes (``app.errors.http_error``)."""
+    mapped = http_error(exc)
+    if mapped is None:
+        log.error("function failed", error=repr(exc)[:500], exc_info=exc)
+        return error_body(500, "internal_error", "the function failed; see its log")
+    status, body, headers = mapped
+    return json_response(status, body, headers)
 
 
 def method_not_allowed(allowed: str) -> dict[str, Any]:
