@@ -44,6 +44,11 @@ from playwright.sync_api import (  # noqa: E402
     sync_playwright,
 )
 
+# Steps without their own deadline (a thumbnail fetch, a gallery card appearing) get 15 s
+# instead of Playwright's 5: right after the heavy pipeline tests a 2-core machine is slow.
+# The "cat label within 15 s" check keeps its own explicit deadline.
+expect.set_options(timeout=15_000)
+
 
 def _api_key() -> str | None:
     """The key from the environment, else from ``imagerec stack env``; None before keys."""
