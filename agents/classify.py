@@ -91,14 +91,20 @@ async def classify(stream):  # noqa: ANN001 - faust.StreamT
         await handle_with_retry(list(batch))
 
 
+_reconciled_once = False  # the first pass of this process looks back a whole day
+
+
 @app.timer(settings.reconcile_interval_s, on_leader=True)
 async def reconcile() -> None:
     """Nothing stored is left unclassified: see app.reconcile."""
-    from app.reconcile import reconcile_once
+    from app.reconcile import LOOKBACK_S, reconcile_once
     from app.storage import get_store
 
+    global _reconciled_once
     try:
-        count = await reconcile_once(get_store(), settings)
+        count = await reconcile_once(get_store(), settings,
+                                     None if _reconciled_once else LOOKBACK_S)
+        _reconciled_once = True
         if count:
             log.info("reconciler re-enqueued images", count=count)
     except Exception as exc:  # noqa: BLE001 - next tick tries again

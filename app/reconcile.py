@@ -1,13 +1,17 @@
 """Re-enqueue stored originals that never got a result (lost between the two upload writes,
 or sent while a worker lost its batch). Runs on the leader worker only.
 
-Image ids are ULIDs, so object keys sort by creation time: one bounded listing from
-``now - lookback`` covers the window without scanning the whole bucket.
+Image ids are ULIDs, so object keys sort by creation time, and a pass lists only the slice
+``[now - grace - window, now - grace)`` of both buckets. The cost of a pass therefore follows the
+upload rate over ``window``, not the bucket size: listing a whole day on every tick made MinIO and
+the leader spend seconds per pass once a day held ~50k images. The first pass of a leader looks
+back a whole day instead, to cover the time when no reconciler was running.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ulid import ULID
@@ -29,27 +33,33 @@ def _ulid_floor(epoch_s: float) -> str:
     return str(ULID.from_timestamp(epoch_s))[:10] + "0" * 16
 
 
-def find_orphans(store: ObjectStore, settings: Settings, now: float | None = None) -> list[Any]:
-    """Originals older than the grace period with no result object."""
+def _keys_between(store: ObjectStore, bucket: str, start: str, stop: str) -> Iterator[Any]:
+    """Objects with start < key < stop, in key order; stops listing at ``stop``."""
+    for obj in store.client.list_objects(bucket, start_after=start):
+        if obj.object_name >= stop:
+            return
+        yield obj
+
+
+def find_orphans(store: ObjectStore, settings: Settings, now: float | None = None,
+                 lookback_s: float | None = None) -> list[Any]:
+    """Originals older than the grace period, and younger than grace + lookback (default: the
+    configured window), that have no result object."""
     now = time.time() if now is None else now
-    start = _ulid_floor(now - LOOKBACK_S)
+    lookback = settings.reconcile_window_s if lookback_s is None else lookback_s
     cutoff = _ulid_floor(now - settings.reconcile_grace_s)
-    client = store.client
-    done = {o.object_name.removesuffix(".json") for o in client.list_objects(
-        settings.bucket_results, start_after=start)}
-    orphans = []
-    for obj in client.list_objects(settings.bucket_input, start_after=start):
-        if obj.object_name >= cutoff:
-            break
-        if obj.object_name not in done:
-            orphans.append(obj)
-    return orphans
+    start = _ulid_floor(now - settings.reconcile_grace_s - lookback)
+    done = {o.object_name.removesuffix(".json")
+            for o in _keys_between(store, settings.bucket_results, start, cutoff)}
+    return [obj for obj in _keys_between(store, settings.bucket_input, start, cutoff)
+            if obj.object_name not in done]
 
 
-async def reconcile_once(store: ObjectStore, settings: Settings) -> int:
+async def reconcile_once(store: ObjectStore, settings: Settings,
+                         lookback_s: float | None = None) -> int:
     import asyncio
 
-    orphans = await asyncio.to_thread(find_orphans, store, settings)
+    orphans = await asyncio.to_thread(find_orphans, store, settings, None, lookback_s)
     for obj in orphans:
         image_id = obj.object_name
         stat = await asyncio.to_thread(store.client.stat_object, settings.bucket_input,

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     result_ttl_s: int = 86400
     reconcile_grace_s: float = 120.0
     reconcile_interval_s: float = 60.0
+    reconcile_window_s: float = 600.0
 
     # --- input limits -------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024

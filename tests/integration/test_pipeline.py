@@ -327,6 +327,24 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
     assert old not in {o.object_name for o in find_orphans(store, settings)}
 
 
+def test_reconciler_pass_lists_only_its_window(settings, store) -> None:
+    """A periodic pass looks at [grace + window] only; a leader's first pass looks back a day."""
+    from ulid import ULID
+
+    from app.reconcile import LOOKBACK_S, find_orphans
+
+    aged = time.time() - settings.reconcile_grace_s - settings.reconcile_window_s - 300
+    old = str(ULID.from_timestamp(aged))
+    store.put_bytes(settings.bucket_input, names.original_key(old), b"\xff\xd8\xff", "image/jpeg",
+                    {"sha256": "0" * 64, "created-at": res.now_iso()})
+    try:
+        assert old not in {o.object_name for o in find_orphans(store, settings)}
+        wide = find_orphans(store, settings, lookback_s=LOOKBACK_S)
+        assert old in {o.object_name for o in wide}
+    finally:
+        store.delete(settings.bucket_input, names.original_key(old))
+
+
 def test_callback_url_receives_the_signed_result(gateway, settings) -> None:
     import hashlib
     import hmac
