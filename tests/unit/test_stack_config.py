@@ -59,3 +59,19 @@ def test_port_conflict_names_port_and_service() -> None:
 def test_cluster_id_is_kafka_shaped() -> None:
     cid = svc.kafka_cluster_id()
     assert len(cid) == 22 and "=" not in cid
+
+
+def test_workers_split_the_cores_for_inference(tmp_path, monkeypatch) -> None:
+    """Two workers with a pool of one thread per core each oversubscribe the CPU (spinning
+    XNNPACK threads); the stack gives each worker cores // workers inference threads."""
+    monkeypatch.delenv("IMAGEREC_INFERENCE_THREADS", raising=False)
+    monkeypatch.setattr(svc.os, "cpu_count", lambda: 4)
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    ensure_secrets(layout.secrets)
+    settings = Settings(home=tmp_path, workers=2)
+    progs = svc.services(layout, settings, tmp_path / "k.properties", tmp_path / "log4j",
+                         tmp_path / "nginx.conf")
+    workers = [p for p in progs if p.name.startswith("worker-")]
+    assert len(workers) == 2
+    assert all(p.env["IMAGEREC_INFERENCE_THREADS"] == "2" for p in workers)
