@@ -37,6 +37,10 @@ app = faust.App(
     # 10 s (not Faust's 60 s) keeps a crash-restart short. Inference never blocks the loop.
     broker_session_timeout=10.0,
     broker_heartbeat_interval=2.0,
+    # A standby copy replays every other worker's changelog into its own RocksDB, which costs
+    # a Kafka read and a store write per result on the busy path. Results are also in Redis
+    # and MinIO, and an owner rebuilds its table from the changelog, so none by default.
+    table_standby_replicas=settings.table_standby_replicas,
     stream_wait_empty=False,
     autodiscover=False,
     # Uploads are streamed, but aiohttp refuses bodies above client_max_size before we see

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     reconcile_grace_s: float = 120.0
     reconcile_interval_s: float = 60.0
     reconcile_window_s: float = 600.0
+    table_standby_replicas: int = 0
 
     # --- input limits -------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024
