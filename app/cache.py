@@ -81,3 +81,13 @@ async def get_many(image_ids: list[str]) -> list[dict[str, Any] | None]:
         return []
     raws = await get_redis().mget([names.redis_result(i) for i in image_ids])
     return [res.decode(r) if r else None for r in raws]
+
+
+async def reconciled_until() -> float | None:
+    """Where the last reconciler pass (any leader) stopped, as epoch seconds."""
+    raw = await get_redis().get(names.REDIS_RECONCILED_UNTIL)
+    return float(raw) if raw else None
+
+
+async def set_reconciled_until(epoch_s: float) -> None:
+    await get_redis().set(names.REDIS_RECONCILED_UNTIL, f"{epoch_s:.3f}")

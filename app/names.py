@@ -35,3 +35,4 @@ def redis_dedup(sha256: str, model_name: str, model_version: str) -> str:
 
 REDIS_RECENT = f"{PREFIX}:recent"
 REDIS_CHANNEL = f"{PREFIX}:results"
+REDIS_RECONCILED_UNTIL = f"{PREFIX}:reconciled-until"

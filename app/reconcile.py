@@ -4,8 +4,12 @@ or sent while a worker lost its batch). Runs on the leader worker only.
 Image ids are ULIDs, so object keys sort by creation time, and a pass lists only the slice
 ``[now - grace - window, now - grace)`` of both buckets. The cost of a pass therefore follows the
 upload rate over ``window``, not the bucket size: listing a whole day on every tick made MinIO and
-the leader spend seconds per pass once a day held ~50k images. The first pass of a leader looks
-back a whole day instead, to cover the time when no reconciler was running.
+the leader spend seconds per pass once a day held ~50k images. With the window a few intervals
+wide, every original is looked at in a few passes.
+
+Where the last pass stopped is kept in Redis, so a new leader (after a restart or a rebalance)
+first covers the time no reconciler ran, up to a day back; without that mark it looks back a
+whole day.
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ def find_orphans(store: ObjectStore, settings: Settings, now: float | None = Non
             for o in _keys_between(store, settings.bucket_results, start, cutoff)}
     return [obj for obj in _keys_between(store, settings.bucket_input, start, cutoff)
             if obj.object_name not in done]
+
+
+def catch_up_lookback(settings: Settings, until: float | None, now: float) -> float:
+    """How far a leader's first pass looks back: to the last pass's end (plus the window), or a
+    whole day when that is unknown or older."""
+    if until is None:
+        return LOOKBACK_S
+    missed = now - settings.reconcile_grace_s - until
+    return min(LOOKBACK_S, max(settings.reconcile_window_s, missed + settings.reconcile_window_s))
 
 
 async def reconcile_once(store: ObjectStore, settings: Settings,

@@ -345,6 +345,22 @@ def test_reconciler_pass_lists_only_its_window(settings, store) -> None:
         store.delete(settings.bucket_input, names.original_key(old))
 
 
+def test_leader_records_where_its_reconciler_pass_stopped(settings, rds) -> None:
+    """The mark a new leader catches up from: set by every pass, at now - grace."""
+    slack = settings.reconcile_interval_s + 20  # one tick, plus a slow pass
+    deadline = time.time() + slack
+    mark = None
+    while time.time() < deadline:
+        raw = rds.get(names.REDIS_RECONCILED_UNTIL)
+        mark = float(raw) if raw else None
+        if mark and mark > time.time() - settings.reconcile_grace_s - slack:
+            break
+        time.sleep(1)
+    assert mark is not None, "no reconciler pass recorded its mark"
+    assert time.time() - settings.reconcile_grace_s - slack < mark
+    assert mark <= time.time() - settings.reconcile_grace_s + 1
+
+
 def test_callback_url_receives_the_signed_result(gateway, settings) -> None:
     import hashlib
     import hmac
