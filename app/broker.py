@@ -56,6 +56,14 @@ class KafkaPublisher:
         except Exception as exc:
             raise DependencyDown("kafka", f"produce to {topic} failed: {exc!r}") from exc
 
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` as this producer last saw them (it picks the partition of
+        each event from that same view); None before its first send."""
+        if self._producer is None:
+            return None
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        return len(partitions) if partitions else None
+
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()

@@ -20,6 +20,7 @@ from app import results as res
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown
 from app.ids import new_image_id
+from app.locality import RecentUploads
 from app.logs import get_logger
 from app.settings import get_settings
 from app.storage import get_store
@@ -70,8 +71,13 @@ async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, An
 
 
 async def accept(data: bytes, *, request_id: str = "", callback_url: str | None = None,
-                 model_ref: ModelRef | None = None) -> tuple[int, dict[str, Any]]:
+                 model_ref: ModelRef | None = None,
+                 new_id: Callable[[], str] = new_image_id,
+                 keep: RecentUploads | None = None) -> tuple[int, dict[str, Any]]:
     """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result.
+
+    A worker passes ``new_id`` and ``keep`` (app.locality) so that it classifies what it
+    accepted from memory; the function leaves them out.
 
     Raises ``imaging.ImageError`` (413/415/422), ``ApiError`` (400) or ``DependencyDown``
     (503).
@@ -86,7 +92,7 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
         log.info("duplicate upload answered from cache", image_id=existing["id"])
         return 200, res.view(existing, source="redis") | {"duplicate_of": existing["id"]}
 
-    image_id = new_image_id()
+    image_id = new_id()
     event = res.UploadEvent(
         id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
         request_id=request_id, callback_url=callback_url, width=width, height=height,
@@ -94,9 +100,13 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
     store = get_store()
     await _s3(store.put_bytes, settings.bucket_input, names.original_key(image_id), data,
               CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at})
+    if keep is not None:
+        keep.keep(image_id, data)  # before the produce: the agent may take it at once
     try:
         await get_publisher().send(settings.topic_uploads, image_id.encode(), event.to_bytes())
     except DependencyDown:
+        if keep is not None:
+            keep.discard(image_id)
         try:
             await _s3(store.delete, settings.bucket_input, names.original_key(image_id))
         except Exception as exc:  # noqa: BLE001 - the reconciler re-enqueues it later

@@ -26,3 +26,6 @@ RETRIEVALS = Counter("imagerec_retrievals_total", "GET /v1/images/{id} by servin
 CONSUMER_LAG = Gauge("imagerec_consumer_lag", "End offset minus committed offset.",
                      ["topic", "partition"])
 CALLBACKS = Counter("imagerec_callbacks_total", "Webhook deliveries by outcome.", ["outcome"])
+UPLOAD_CACHE = Counter("imagerec_upload_cache_total",
+                       "Originals the classify agent found in this worker's memory (hit) or had "
+                       "to read from storage (miss).", ["outcome"])

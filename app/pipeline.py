@@ -21,6 +21,7 @@ from PIL import Image
 
 from app import imaging, names
 from app import results as res
+from app.locality import recent_uploads
 from app.logs import get_logger
 from app.settings import get_settings
 from app.storage import ObjectMissing, get_store
@@ -82,12 +83,14 @@ async def prepare(event: res.UploadEvent, spec: imaging.PreprocessSpec) -> Prepa
     item = Prepared(event=event, started=time.perf_counter())
     settings = get_settings()
     t0 = time.perf_counter()
-    try:
-        data = await _with_s3_retry(get_store().get_bytes, settings.bucket_input,
-                                    names.original_key(event.id))
-    except ObjectMissing:
-        item.error = ("missing_original", "the uploaded image is no longer in storage")
-        return item
+    data = recent_uploads().take(event.id)
+    if data is None:
+        try:
+            data = await _with_s3_retry(get_store().get_bytes, settings.bucket_input,
+                                        names.original_key(event.id))
+        except ObjectMissing:
+            item.error = ("missing_original", "the uploaded image is no longer in storage")
+            return item
     item.fetch_ms = (time.perf_counter() - t0) * 1000
     t1 = time.perf_counter()
     loop = asyncio.get_running_loop()

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 60.0
     reconcile_window_s: float = 180.0
     table_standby_replicas: int = 0
+    upload_cache_mb: int = 64
 
     # --- input limits -------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024

@@ -6,7 +6,7 @@ Reports, in one run:
 - p50 latency at light load (a steady 10 images/second),
 - the in-process ceiling: decode + preprocess + infer of the same images in this process with
   the same engine, one after the other (what a single process without Kafka, MinIO or Redis
-  does).
+  does), measured before and after the load runs; the higher of the two counts.
 The last line is machine-readable. Needs the stack up (`make up`); run with `make bench` or
 `.venv/bin/python bench/pipeline.py [--images 1000] [--concurrency 48]`.
 """
@@ -196,11 +196,18 @@ def main() -> None:
     rate, lat = asyncio.run(run_load(base, key, photos, args.concurrency, None))
     after = cpu_seconds()
     used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    # Background load on a shared machine lowers a single ceiling measurement by up to 20%,
+    # which would flatter the ratio; measure again once the stack is idle and keep the higher.
+    print("in-process ceiling again (stack idle) ...", flush=True)
+    time.sleep(5)
+    ceilings = [ceil, ceiling(photos)]
+    ceil = max(ceilings)
 
     print()
     print(f"{'measure':34} {'value':>10}")
     print(f"{'pipeline images/s':34} {rate:10.1f}")
-    print(f"{'in-process ceiling images/s':34} {ceil:10.1f}")
+    print(f"{'in-process ceiling images/s':34} {ceil:10.1f}  "
+          f"(before {ceilings[0]:.1f}, after {ceilings[1]:.1f})")
     print(f"{'ratio':34} {rate / ceil:10.2f}")
     for q in (50, 95, 99):
         print(f"{f'latency p{q} ms (heavy)':34} {percentile(lat, q):10.0f}")

@@ -16,9 +16,11 @@ from faust.web import View
 
 from app import imaging, ingest, metrics, names, params, retrieval
 from app import results as res
+from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown, http_error
 from app.faust_app import app, settings
 from app.ids import is_image_id
+from app.locality import local_image_id, recent_uploads
 from app.logs import get_logger
 from app.runtime import current_model_ref, get_classifier, list_models
 from app.storage import ObjectMissing, get_store
@@ -109,6 +111,16 @@ async def _uploads(request: web.Request) -> tuple[list[tuple[str, bytes]], str |
     return files, callback
 
 
+def _local_image_id() -> str:
+    """An id whose upload event this worker consumes itself (app.locality)."""
+    owned = {tp.partition for tp in app.consumer.assignment()
+             if tp.topic == settings.topic_uploads}
+    return local_image_id(owned, get_publisher().partition_count(settings.topic_uploads))
+
+
+_keep = recent_uploads() if settings.upload_cache_mb > 0 else None
+
+
 @app.page("/v1/images")
 class Images(View):
     """Upload one or many images; list recent results."""
@@ -124,7 +136,7 @@ class Images(View):
             try:
                 status, body = await ingest.accept(
                     data, request_id=_request_id(request), callback_url=callback,
-                    model_ref=current_model_ref)
+                    model_ref=current_model_ref, new_id=_local_image_id, keep=_keep)
                 if status == 202:
                     metrics.IMAGES_RECEIVED.labels(via="api").inc()
                 answers.append((status, body))

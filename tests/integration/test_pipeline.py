@@ -70,6 +70,37 @@ def test_real_photos_are_classified_correctly(gateway) -> None:
     assert cat_result["model"]["name"] == "efficientnet_lite0" and cat_result["model"]["version"]
 
 
+def _upload_cache_counts(settings) -> dict[str, float]:
+    import re
+    import urllib.request
+
+    from app.stack.services import worker_port
+
+    counts = {"hit": 0.0, "miss": 0.0}
+    for i in range(1, settings.workers + 1):
+        url = f"http://127.0.0.1:{worker_port(settings, i)}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        for m in re.finditer(r'imagerec_upload_cache_total\{outcome="(\w+)"\} (\S+)', text):
+            counts[m.group(1)] += float(m.group(2))
+    return counts
+
+
+def test_workers_classify_their_own_uploads_from_memory(gateway, settings, store) -> None:
+    """Ids are drawn into the accepting worker's partitions, so the classify agent skips the
+    object-store read; the stored original and the result are unchanged by that."""
+    before = _upload_cache_counts(settings)
+    photos = photo_variants(40, seed=7000 + int(time.time()))
+    ids = [a["id"] for a in upload_all(gateway, photos)]
+    results = wait_all(gateway, ids)
+    assert all(r["status"] == "done" for r in results.values())
+    after = _upload_cache_counts(settings)
+    hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+    # Random ids would hit about half the time (each worker consumes half the partitions).
+    assert hits + misses >= len(ids) and hits >= 0.9 * len(ids), (hits, misses)
+    for image_id, data in zip(ids[:5], photos[:5], strict=True):
+        assert store.get_bytes(settings.bucket_input, names.original_key(image_id)) == data
+
+
 def test_200_concurrent_uploads_end_done_everywhere(gateway, settings, store, rds) -> None:
     starts = {t: end_offsets(settings.kafka_bootstrap, t)
               for t in (settings.topic_uploads, settings.topic_results)}
