@@ -91,39 +91,26 @@ async def classify(stream):  # noqa: ANN001 - faust.StreamT
         await handle_with_retry(list(batch))
 
 
-_reconciled_once = False  # the first pass of this process catches up (app.reconcile)
-
-
 async def _reconciled_until() -> float | None:
     try:
         return await cache.reconciled_until()
-    except Exception as exc:  # noqa: BLE001 - unknown: the first pass looks back a day
+    except Exception as exc:  # noqa: BLE001 - unknown: this pass looks back a day
         log.warning("reconciler mark unreadable", error=repr(exc)[:200])
         return None
-
-
-async def _mark_reconciled(epoch_s: float) -> None:
-    try:
-        await cache.set_reconciled_until(epoch_s)
-    except Exception as exc:  # noqa: BLE001 - only costs a longer catch-up on failover
-        log.warning("reconciler mark not saved", error=repr(exc)[:200])
 
 
 @app.timer(settings.reconcile_interval_s, on_leader=True)
 async def reconcile() -> None:
     """Nothing stored is left unclassified: see app.reconcile."""
-    from app.reconcile import catch_up_lookback, reconcile_once
+    from app.reconcile import pass_start, reconcile_once
     from app.storage import get_store
 
-    global _reconciled_once
     try:
         now = time.time()
-        lookback = None
-        if not _reconciled_once:
-            lookback = catch_up_lookback(settings, await _reconciled_until(), now)
-        count = await reconcile_once(get_store(), settings, lookback)
-        _reconciled_once = True
-        await _mark_reconciled(now - settings.reconcile_grace_s)
+        until = now - settings.reconcile_grace_s
+        since = pass_start(settings, await _reconciled_until(), now)
+        count = await reconcile_once(get_store(), settings, since, until)
+        await cache.set_reconciled_until(until)  # a failed pass leaves the mark: retried
         if count:
             log.info("reconciler re-enqueued images", count=count)
     except Exception as exc:  # noqa: BLE001 - next tick tries again

@@ -1,20 +1,19 @@
 """Re-enqueue stored originals that never got a result (lost between the two upload writes,
 or sent while a worker lost its batch). Runs on the leader worker only.
 
-Image ids are ULIDs, so object keys sort by creation time, and a pass lists only the slice
-``[now - grace - window, now - grace)`` of both buckets. The cost of a pass therefore follows the
-upload rate over ``window``, not the bucket size: listing a whole day on every tick made MinIO and
-the leader spend seconds per pass once a day held ~50k images. With the window a few intervals
-wide, every original is looked at in a few passes.
+Image ids are ULIDs, so object keys sort by creation time. Each pass lists the keys of both
+buckets from where the previous pass stopped up to ``now - grace``, and records its end in Redis.
+Every original is therefore listed once, whichever worker leads, and a pass costs what was
+uploaded since the last one, not the size of the buckets. (Listing the whole last day on every
+tick made MinIO and the leader spend seconds per pass once a day held ~50k images.) Without a
+mark, at the first start or after Redis lost it, a pass looks back a whole day.
 
-Where the last pass stopped is kept in Redis, so a new leader (after a restart or a rebalance)
-first covers the time no reconciler ran, up to a day back; without that mark it looks back a
-whole day.
+A key is named before its object is stored, but the store's timeouts (app.storage) bound that gap
+to well under the grace period, so no original appears behind a pass that has already passed it.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,34 +44,29 @@ def _keys_between(store: ObjectStore, bucket: str, start: str, stop: str) -> Ite
         yield obj
 
 
-def find_orphans(store: ObjectStore, settings: Settings, now: float | None = None,
-                 lookback_s: float | None = None) -> list[Any]:
-    """Originals older than the grace period, and younger than grace + lookback (default: the
-    configured window), that have no result object."""
-    now = time.time() if now is None else now
-    lookback = settings.reconcile_window_s if lookback_s is None else lookback_s
-    cutoff = _ulid_floor(now - settings.reconcile_grace_s)
-    start = _ulid_floor(now - settings.reconcile_grace_s - lookback)
+def pass_start(settings: Settings, mark: float | None, now: float) -> float:
+    """Where a pass starts (epoch seconds): the previous pass's end, at most a day back."""
+    until = now - settings.reconcile_grace_s
+    floor = until - LOOKBACK_S
+    return floor if mark is None else max(floor, min(mark, until))
+
+
+def find_orphans(store: ObjectStore, settings: Settings, since: float,
+                 until: float) -> list[Any]:
+    """Originals with ids from ``since`` up to ``until`` that have no result object."""
+    start, stop = _ulid_floor(since), _ulid_floor(until)
     done = {o.object_name.removesuffix(".json")
-            for o in _keys_between(store, settings.bucket_results, start, cutoff)}
-    return [obj for obj in _keys_between(store, settings.bucket_input, start, cutoff)
+            for o in _keys_between(store, settings.bucket_results, start, stop)}
+    return [obj for obj in _keys_between(store, settings.bucket_input, start, stop)
             if obj.object_name not in done]
 
 
-def catch_up_lookback(settings: Settings, until: float | None, now: float) -> float:
-    """How far a leader's first pass looks back: to the last pass's end (plus the window), or a
-    whole day when that is unknown or older."""
-    if until is None:
-        return LOOKBACK_S
-    missed = now - settings.reconcile_grace_s - until
-    return min(LOOKBACK_S, max(settings.reconcile_window_s, missed + settings.reconcile_window_s))
-
-
-async def reconcile_once(store: ObjectStore, settings: Settings,
-                         lookback_s: float | None = None) -> int:
+async def reconcile_once(store: ObjectStore, settings: Settings, since: float,
+                         until: float) -> int:
+    """Re-enqueue the orphans of ``[since, until)``; returns how many."""
     import asyncio
 
-    orphans = await asyncio.to_thread(find_orphans, store, settings, None, lookback_s)
+    orphans = await asyncio.to_thread(find_orphans, store, settings, since, until)
     for obj in orphans:
         image_id = obj.object_name
         stat = await asyncio.to_thread(store.client.stat_object, settings.bucket_input,

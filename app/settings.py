@@ -68,7 +68,6 @@ class Settings(BaseSettings):
     result_ttl_s: int = 86400
     reconcile_grace_s: float = 120.0
     reconcile_interval_s: float = 60.0
-    reconcile_window_s: float = 180.0
     table_standby_replicas: int = 0
     upload_cache_mb: int = 64
 

@@ -344,36 +344,47 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
                     {"sha256": hashlib.sha256(data).hexdigest(), "created-at": res.now_iso()})
     assert gateway.get(f"/v1/images/{old}").json()["status"] == "queued"
 
+    until = time.time() - settings.reconcile_grace_s
+    since = until - 3600
+
     async def one_pass() -> int:
         from app.broker import get_publisher
 
         try:
-            return await reconcile_once(store, settings)
+            return await reconcile_once(store, settings, since, until)
         finally:
             await get_publisher().stop()
 
     assert asyncio.run(one_pass()) >= 1
     result = gateway.wait_done(old)
     assert result["status"] == "done" and result["labels"]
-    assert old not in {o.object_name for o in find_orphans(store, settings)}
+    assert old not in {o.object_name for o in find_orphans(store, settings, since, until)}
 
 
-def test_reconciler_pass_lists_only_its_window(settings, store) -> None:
-    """A periodic pass looks at [grace + window] only; a leader's first pass looks back a day."""
+def test_reconciler_pass_lists_only_its_range(settings, store) -> None:
+    """A pass sees the originals named inside [since, until) and nothing before or after."""
     from ulid import ULID
 
-    from app.reconcile import LOOKBACK_S, find_orphans
+    from app.reconcile import find_orphans
 
-    aged = time.time() - settings.reconcile_grace_s - settings.reconcile_window_s - 300
-    old = str(ULID.from_timestamp(aged))
-    store.put_bytes(settings.bucket_input, names.original_key(old), b"\xff\xd8\xff", "image/jpeg",
-                    {"sha256": "0" * 64, "created-at": res.now_iso()})
+    until = time.time() - settings.reconcile_grace_s
+    # Behind the running leader's mark (it passes every interval), or far ahead of it, so that
+    # only this test's calls see these fake originals.
+    inside = str(ULID.from_timestamp(until - settings.reconcile_interval_s - 30))
+    before = str(ULID.from_timestamp(until - 3000))
+    after = str(ULID.from_timestamp(until + 300))
+    for image_id in (inside, before, after):
+        store.put_bytes(settings.bucket_input, names.original_key(image_id), b"\xff\xd8\xff",
+                        "image/jpeg", {"sha256": "0" * 64, "created-at": res.now_iso()})
     try:
-        assert old not in {o.object_name for o in find_orphans(store, settings)}
-        wide = find_orphans(store, settings, lookback_s=LOOKBACK_S)
-        assert old in {o.object_name for o in wide}
+        since = until - settings.reconcile_interval_s - 60
+        found = {o.object_name for o in find_orphans(store, settings, since, until)}
+        assert inside in found and before not in found and after not in found
+        wide = {o.object_name for o in find_orphans(store, settings, until - 3600, until)}
+        assert {inside, before} <= wide and after not in wide
     finally:
-        store.delete(settings.bucket_input, names.original_key(old))
+        for image_id in (inside, before, after):
+            store.delete(settings.bucket_input, names.original_key(image_id))
 
 
 def test_leader_records_where_its_reconciler_pass_stopped(settings, rds) -> None:
