@@ -150,7 +150,7 @@ def _program(pid: str, argv: list[str]) -> str:
     return "other"
 
 
-def ceiling(photos: list[bytes], passes: int = 2) -> float:
+def ceiling(photos: list[bytes], passes: int = 3) -> float:
     """Decode + preprocess + infer, one image after the other, in this process."""
     from app.imaging import prepare
     from app.model.classifier import Classifier
