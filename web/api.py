@@ -113,8 +113,11 @@ async def _uploads(request: web.Request) -> tuple[list[tuple[str, bytes]], str |
 
 def _local_image_id() -> str:
     """An id whose upload event this worker consumes itself (app.locality)."""
-    owned = {tp.partition for tp in app.consumer.assignment()
-             if tp.topic == settings.topic_uploads}
+    try:
+        owned = {tp.partition for tp in app.consumer.assignment()
+                 if tp.topic == settings.topic_uploads}
+    except Exception:  # noqa: BLE001 - consumer not started yet: any partition will do
+        owned = set()
     return local_image_id(owned, get_publisher().partition_count(settings.topic_uploads))
 
 
