@@ -121,7 +121,10 @@ def _local_image_id() -> str:
     return local_image_id(owned, get_publisher().partition_count(settings.topic_uploads))
 
 
-_keep = recent_uploads() if settings.upload_cache_mb > 0 else None
+# Drawing ids into our own partitions only pays when we keep the bytes for our own agent.
+_locality: dict[str, Any] = (
+    {"new_id": _local_image_id, "keep": recent_uploads()} if settings.upload_cache_mb > 0
+    else {})
 
 
 @app.page("/v1/images")
@@ -139,7 +142,7 @@ class Images(View):
             try:
                 status, body = await ingest.accept(
                     data, request_id=_request_id(request), callback_url=callback,
-                    model_ref=current_model_ref, new_id=_local_image_id, keep=_keep)
+                    model_ref=current_model_ref, **_locality)
                 if status == 202:
                     metrics.IMAGES_RECEIVED.labels(via="api").inc()
                 answers.append((status, body))
