@@ -56,13 +56,15 @@ class KafkaPublisher:
         except Exception as exc:
             raise DependencyDown("kafka", f"produce to {topic} failed: {exc!r}") from exc
 
-    def partition_count(self, topic: str) -> int | None:
-        """Partitions of ``topic`` as this producer last saw them (it picks the partition of
-        each event from that same view); None before its first send."""
-        if self._producer is None:
-            return None
-        partitions = self._producer.client.cluster.partitions_for_topic(topic)
-        return len(partitions) if partitions else None
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` as this producer sees them: it partitions every event by that
+        same view. Fetches the metadata on first use."""
+        producer = await self._get()
+        try:
+            partitions = await asyncio.wait_for(producer.partitions_for(topic), SEND_TIMEOUT_S)
+        except Exception as exc:
+            raise DependencyDown("kafka", f"no metadata for {topic}: {exc!r}") from exc
+        return len(partitions)
 
     async def stop(self) -> None:
         if self._producer is not None:

@@ -72,7 +72,7 @@ async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, An
 
 async def accept(data: bytes, *, request_id: str = "", callback_url: str | None = None,
                  model_ref: ModelRef | None = None,
-                 new_id: Callable[[], str] = new_image_id,
+                 new_id: Callable[[], Awaitable[str]] | None = None,
                  keep: RecentUploads | None = None) -> tuple[int, dict[str, Any]]:
     """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result.
 
@@ -92,7 +92,7 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
         log.info("duplicate upload answered from cache", image_id=existing["id"])
         return 200, res.view(existing, source="redis") | {"duplicate_of": existing["id"]}
 
-    image_id = new_id()
+    image_id = await new_id() if new_id is not None else new_image_id()
     event = res.UploadEvent(
         id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
         request_id=request_id, callback_url=callback_url, width=width, height=height,

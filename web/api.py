@@ -111,14 +111,15 @@ async def _uploads(request: web.Request) -> tuple[list[tuple[str, bytes]], str |
     return files, callback
 
 
-def _local_image_id() -> str:
+async def _local_image_id() -> str:
     """An id whose upload event this worker consumes itself (app.locality)."""
     try:
         owned = {tp.partition for tp in app.consumer.assignment()
                  if tp.topic == settings.topic_uploads}
     except Exception:  # noqa: BLE001 - consumer not started yet: any partition will do
         owned = set()
-    return local_image_id(owned, get_publisher().partition_count(settings.topic_uploads))
+    partitions = await get_publisher().partition_count(settings.topic_uploads)
+    return local_image_id(owned, partitions)
 
 
 # Drawing ids into our own partitions only pays when we keep the bytes for our own agent.
