@@ -39,7 +39,10 @@ class Hub:
                 await pubsub.subscribe(names.REDIS_CHANNEL)
                 delay = 0.5
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    # Decoding every result costs CPU on every worker; skip it while no
+                    # client of this worker is listening or waiting.
+                    if message.get("type") == "message" and (self._subscribers
+                                                             or self._waiters):
                         self.publish(res.decode(message["data"]))
             except asyncio.CancelledError:
                 raise
