@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from app import cache, metrics
 from app import results as res
 from app.faust_app import app, settings
 from app.logs import get_logger
-from app.pipeline import process_batch
+from app.pipeline import Classified, classify_batch, store_batch
 from app.runtime import get_classifier
 from app.topics import dlq_topic, results_topic, uploads_topic
 
@@ -32,7 +34,8 @@ async def _to_dlq(raw: bytes | None, error: str) -> None:
     await fut
 
 
-async def handle_batch(raws: list[bytes | None]) -> None:
+async def start_batch(raws: list[bytes | None]) -> tuple[Classified, float] | None:
+    """Parse (unreadable messages go to the DLQ), then fetch, decode and classify."""
     events: list[res.UploadEvent] = []
     for raw in raws:
         try:
@@ -40,7 +43,7 @@ async def handle_batch(raws: list[bytes | None]) -> None:
         except res.BadEvent as exc:
             await _to_dlq(raw, str(exc))
     if not events:
-        return
+        return None
     metrics.BATCH_SIZE.observe(len(events))
     try:
         await cache.mark_processing([e.id for e in events])
@@ -48,8 +51,15 @@ async def handle_batch(raws: list[bytes | None]) -> None:
         log.debug("could not mark processing", error=repr(exc))
     classifier = await get_classifier()
     t0 = time.perf_counter()
-    results = await process_batch(events, classifier)
+    batch = await classify_batch(events, classifier)
     metrics.INFERENCE_SECONDS.observe(time.perf_counter() - t0)
+    return batch, t0
+
+
+async def finish_batch(batch: Classified, t0: float) -> None:
+    """Store the outputs, then send the results and wait until Kafka has them."""
+    await store_batch(batch)
+    results = batch.results
     futures = [await results_topic.send(key=r["id"].encode(), value=res.encode(r))
                for r in results]
     await asyncio.gather(*futures)
@@ -57,16 +67,17 @@ async def handle_batch(raws: list[bytes | None]) -> None:
         if r["status"] == "failed":
             log.warning("image failed", image_id=r["id"], request_id=r.get("request_id", ""),
                         reason=r["error"]["code"], detail=r["error"]["message"])
-    log.info("batch classified", size=len(events), image_ids=[r["id"] for r in results],
+    log.info("batch classified", size=len(results), image_ids=[r["id"] for r in results],
              failed=sum(r["status"] == "failed" for r in results),
              ms=round((time.perf_counter() - t0) * 1000, 1))
 
 
 GIVE_UP_AFTER_S = 300.0
+T = TypeVar("T")
 
 
-async def handle_with_retry(raws: list[bytes | None]) -> None:
-    """Retry a batch whose sends failed (every write is keyed by id, so repeats are harmless).
+async def retrying(step: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Retry a step that failed (every write is keyed by id, so repeats are harmless).
 
     If it keeps failing, exit the process without acking: supervisord restarts the worker and
     Kafka redelivers the batch. Letting the exception escape would ack it and lose the images.
@@ -74,8 +85,7 @@ async def handle_with_retry(raws: list[bytes | None]) -> None:
     delay, started = 0.5, time.monotonic()
     while True:
         try:
-            await handle_batch(raws)
-            return
+            return await step(*args)
         except Exception:  # noqa: BLE001
             if time.monotonic() - started > GIVE_UP_AFTER_S:
                 log.critical("batch keeps failing; exiting so it is redelivered")
@@ -85,10 +95,40 @@ async def handle_with_retry(raws: list[bytes | None]) -> None:
             delay = min(delay * 2, 30.0)
 
 
+async def _finish_and_ack(stream: Any, events: list[Any],
+                          started: tuple[Classified, float] | None) -> None:
+    if started is not None:
+        await retrying(finish_batch, *started)
+    for event in events:
+        await stream.ack(event)
+
+
 @app.agent(uploads_topic, concurrency=1)
 async def classify(stream):  # noqa: ANN001 - faust.StreamT
-    async for batch in stream.take(settings.batch_size, within=settings.batch_window_s):
-        await handle_with_retry(list(batch))
+    """Two batches in flight: while one batch is stored and sent, the next is classified.
+
+    The CPU would otherwise idle while a batch waits on MinIO and Kafka. ``take_events`` acks
+    a batch when the loop body returns, before its results are stored; each message therefore
+    holds one more reference, released only after its results are stored and sent. Tails run
+    one at a time and in order, so offsets are committed in order and never past an image
+    whose result is not yet in Kafka.
+    """
+    tail: asyncio.Task | None = None
+    try:
+        async for events in stream.take_events(settings.batch_size,
+                                               within=settings.batch_window_s):
+            held = list(events)
+            for event in held:
+                event.message.incref()
+            started = await retrying(start_batch, [event.value for event in held])
+            if tail is not None:
+                await tail
+            tail = asyncio.create_task(_finish_and_ack(stream, held, started))
+        if tail is not None:
+            await tail
+    finally:
+        if tail is not None and not tail.done():
+            tail.cancel()  # not acked: Kafka redelivers the batch
 
 
 async def _reconciled_until() -> float | None:
