@@ -33,11 +33,11 @@ def _observe(result: dict) -> None:
         pass
 
 
-async def _cache(result: dict) -> None:
+async def _cache(result: dict, raw: bytes) -> None:
     """Redis is a cache: if it is down, retrieval falls back to the table; retry briefly."""
     for attempt in range(3):
         try:
-            await cache.put_result(result)
+            await cache.put_result(result, data=raw)
             return
         except Exception as exc:  # noqa: BLE001
             if attempt == 2:
@@ -55,8 +55,8 @@ async def store_results(stream):  # noqa: ANN001 - faust.StreamT
         except (ValueError, KeyError, TypeError) as exc:
             log.error("unreadable result message skipped", error=repr(exc))
             continue
-        results_table[image_id] = result
-        await _cache(result)
+        results_table[image_id] = raw  # the message bytes as they are: no re-encoding
+        await _cache(result, raw)
         _observe(result)
         if result.get("callback_url"):
             deliver_later(result)
