@@ -32,7 +32,7 @@ class KafkaPublisher:
                     acks="all",
                     enable_idempotence=True,
                     request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
-                    linger_ms=5,  # concurrent uploads share produce requests
+                    linger_ms=get_settings().producer_linger_ms,  # uploads share requests
                 )
                 try:
                     await asyncio.wait_for(producer.start(), SEND_TIMEOUT_S)

@@ -30,9 +30,9 @@ app = faust.App(
     topic_replication_factor=1,
     producer_acks=-1,
     broker_commit_interval=1.0,
-    # Results and changelog writes come in batches; a few ms of linger turns dozens of tiny
-    # produce requests into one (Kafka's CPU per image dropped markedly).
-    producer_linger=0.005,
+    # Results and changelog writes come in batches; linger turns dozens of tiny produce
+    # requests into one (see settings.producer_linger_ms).
+    producer_linger=settings.producer_linger_ms / 1000,
     # A worker that died without leaving the group holds its partitions until this expires;
     # 10 s (not Faust's 60 s) keeps a crash-restart short. Inference never blocks the loop.
     broker_session_timeout=10.0,

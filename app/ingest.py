@@ -98,8 +98,8 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
         request_id=request_id, callback_url=callback_url, width=width, height=height,
     )
     store = get_store()
-    await _s3(store.put_bytes, settings.bucket_input, names.original_key(image_id), data,
-              CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at})
+    await store.put(settings.bucket_input, names.original_key(image_id), data,
+                    CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at})
     if keep is not None:
         keep.keep(image_id, data)  # before the produce: the agent may take it at once
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,12 +36,6 @@ _decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 S3_RETRY_MAX_S = 10.0
 
 
-# Stores of a batch run as this many thread jobs, each putting its images' objects one after
-# the other: MinIO on a small machine gains nothing from more parallel PUTs, and one job per
-# object cost a thread hand-off (futex wake, GIL round trip, loop wake-up) per object.
-STORE_JOBS = 4
-
-
 @dataclass
 class Prepared:
     """One image ready for inference, or the reason it failed."""
@@ -63,12 +58,12 @@ def _age_ms(created_at: str) -> float:
     return max(0.0, (datetime.now(created.tzinfo) - created).total_seconds() * 1000)
 
 
-async def _with_s3_retry(call: Any, *args: Any) -> Any:
+async def _with_s3_retry(call: Callable[[], Awaitable[Any]]) -> Any:
     """Retry while the store is unreachable; a missing object is an answer, not an outage."""
     delay = 0.2
     while True:
         try:
-            return await asyncio.to_thread(call, *args)
+            return await call()
         except ObjectMissing:
             raise
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, 5xx
@@ -107,9 +102,8 @@ async def fetch(event: res.UploadEvent) -> Prepared:
     item.data = recent_uploads().take(event.id)
     if item.data is None:
         try:
-            item.data = await _with_s3_retry(get_store().get_bytes,
-                                             get_settings().bucket_input,
-                                             names.original_key(event.id))
+            item.data = await _with_s3_retry(lambda: get_store().get(
+                get_settings().bucket_input, names.original_key(event.id)))
         except ObjectMissing:
             item.error = ("missing_original", "the uploaded image is no longer in storage")
     item.fetch_ms = (time.perf_counter() - item.started) * 1000
@@ -124,26 +118,25 @@ async def prepare(events: list[res.UploadEvent], spec: imaging.PreprocessSpec) -
     return items
 
 
-def _put_all(writes: list[tuple[str, str, bytes, str]]) -> None:
+async def _store_one(item: Prepared, result: dict[str, Any]) -> None:
+    """The model input first, then the result: a stored result implies a stored input. A
+    retried PUT of the same bytes is harmless."""
+    settings = get_settings()
     store = get_store()
-    for bucket, key, data, content_type in writes:
-        store.put_bytes(bucket, key, data, content_type)
+    if item.model_input_jpeg is not None:
+        jpeg = item.model_input_jpeg
+        await _with_s3_retry(lambda: store.put(settings.bucket_processed,
+                                               names.processed_key(item.event.id), jpeg,
+                                               "image/jpeg"))
+    encoded = res.encode(result)
+    await _with_s3_retry(lambda: store.put(settings.bucket_results,
+                                           names.result_key(item.event.id), encoded,
+                                           "application/json"))
 
 
 async def _store_outputs(prepared: list[Prepared], out: list[dict[str, Any]]) -> None:
-    """Each image's model input, then its result (a stored result implies its input is
-    stored too); images spread over ``STORE_JOBS`` jobs. A job that meets an outage is
-    retried whole: PUTs of the same bytes are idempotent."""
-    settings = get_settings()
-    jobs: list[list[tuple[str, str, bytes, str]]] = [[] for _ in range(STORE_JOBS)]
-    for n, (item, result) in enumerate(zip(prepared, out, strict=True)):
-        job = jobs[n % STORE_JOBS]
-        if item.model_input_jpeg is not None:
-            job.append((settings.bucket_processed, names.processed_key(item.event.id),
-                        item.model_input_jpeg, "image/jpeg"))
-        job.append((settings.bucket_results, names.result_key(item.event.id),
-                    res.encode(result), "application/json"))
-    await asyncio.gather(*(_with_s3_retry(_put_all, job) for job in jobs if job))
+    await asyncio.gather(*(_store_one(item, result)
+                           for item, result in zip(prepared, out, strict=True)))
 
 
 @dataclass

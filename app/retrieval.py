@@ -21,8 +21,7 @@ log = get_logger(__name__)
 
 async def from_storage(image_id: str) -> dict[str, Any] | None:
     try:
-        raw = await asyncio.to_thread(get_store().get_bytes, settings.bucket_results,
-                                      names.result_key(image_id))
+        raw = await get_store().get(settings.bucket_results, names.result_key(image_id))
     except ObjectMissing:
         return None
     return res.decode(raw)

@@ -221,8 +221,8 @@ class ImageInput(View):
         if not is_image_id(image_id):  # never let a client-made string reach an object key
             return error_response(404, "not_found", "no image with this id")
         try:
-            data = await asyncio.to_thread(get_store().get_bytes, settings.bucket_processed,
-                                           names.processed_key(image_id))
+            data = await get_store().get(settings.bucket_processed,
+                                         names.processed_key(image_id))
         except ObjectMissing:
             # Unknown id, not classified yet, failed before decoding, or stored before model
             # inputs were JPEG: in every case there is nothing to show.
