@@ -60,8 +60,8 @@ async def finish_batch(batch: Classified, t0: float) -> None:
     """Store the outputs, then send the results and wait until Kafka has them."""
     await store_batch(batch)
     results = batch.results
-    futures = [await results_topic.send(key=r["id"].encode(), value=res.encode(r))
-               for r in results]
+    futures = [await results_topic.send(key=r["id"].encode(), value=data)
+               for r, data in zip(results, batch.encoded, strict=True)]
     await asyncio.gather(*futures)
     for r in results:
         if r["status"] == "failed":

@@ -118,7 +118,7 @@ async def prepare(events: list[res.UploadEvent], spec: imaging.PreprocessSpec) -
     return items
 
 
-async def _store_one(item: Prepared, result: dict[str, Any]) -> None:
+async def _store_one(item: Prepared, encoded: bytes) -> None:
     """The model input first, then the result: a stored result implies a stored input. A
     retried PUT of the same bytes is harmless."""
     settings = get_settings()
@@ -128,15 +128,14 @@ async def _store_one(item: Prepared, result: dict[str, Any]) -> None:
         await _with_s3_retry(lambda: store.put(settings.bucket_processed,
                                                names.processed_key(item.event.id), jpeg,
                                                "image/jpeg"))
-    encoded = res.encode(result)
     await _with_s3_retry(lambda: store.put(settings.bucket_results,
                                            names.result_key(item.event.id), encoded,
                                            "application/json"))
 
 
-async def _store_outputs(prepared: list[Prepared], out: list[dict[str, Any]]) -> None:
-    await asyncio.gather(*(_store_one(item, result)
-                           for item, result in zip(prepared, out, strict=True)))
+async def _store_outputs(prepared: list[Prepared], encoded: list[bytes]) -> None:
+    await asyncio.gather(*(_store_one(item, data)
+                           for item, data in zip(prepared, encoded, strict=True)))
 
 
 @dataclass
@@ -145,6 +144,7 @@ class Classified:
 
     prepared: list[Prepared]
     results: list[dict[str, Any]]
+    encoded: list[bytes]  # each result as stored in MinIO and sent to Kafka, encoded once
 
 
 async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Classified:
@@ -184,13 +184,13 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
         else:
             result = res.failed(item.event, item.error[0], item.error[1], timings, model)
         out.append(result)
-    return Classified(prepared=prepared, results=out)
+    return Classified(prepared=prepared, results=out, encoded=[res.encode(r) for r in out])
 
 
 async def store_batch(batch: Classified) -> None:
     """Every model input and result of the batch in the object store (retried while it is
     down)."""
-    await _store_outputs(batch.prepared, batch.results)
+    await _store_outputs(batch.prepared, batch.encoded)
 
 
 async def classify_now(data: bytes, classifier: Any, top_k: int = 5,

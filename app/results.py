@@ -44,7 +44,8 @@ class UploadEvent:
     v: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # The fields are flat, so a shallow copy will do; asdict() deep-copies recursively.
+        return json.dumps(vars(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> UploadEvent:

@@ -302,7 +302,8 @@ class Events(View):
                 await send(missed)
             while True:
                 try:
-                    result = await asyncio.wait_for(queue.get(), 15.0)
+                    async with asyncio.timeout(15.0):  # no extra task per event, as wait_for
+                        result = await queue.get()
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
