@@ -21,6 +21,14 @@ def get_registry() -> ModelRegistry:
     return ModelRegistry(store=get_store())
 
 
+def preload_classifier() -> None:
+    """Load the default model now, blocking: the worker calls this before it joins the
+    consumer group (see app.worker)."""
+    global _classifier
+    if _classifier is None:
+        _classifier = Classifier(get_registry())
+
+
 async def get_classifier() -> Classifier:
     """Loads the default model on first use (converting it if needed), off the event loop."""
     global _classifier, _lock

@@ -25,7 +25,26 @@ def main() -> None:
     worker = faust.Worker(app, loglevel=logging.INFO, redirect_stdouts=False,
                           override_logging=False)
     configure_logging(f"worker-{WORKER_ID}")
+    _preload_model()
     worker.execute_from_commandline()
+
+
+def _preload_model() -> None:
+    """Load the model before joining the consumer group, not while holding partitions.
+
+    Loading takes seconds. A worker that joins first lets fetched events pile up behind its
+    first batch meanwhile, and a rebalance in that window makes faust-streaming skip and ack
+    them (docs/OPERATIONS.md, "Known issues"). If the store is down now, the worker starts
+    anyway and ``web.views.load_model`` keeps retrying.
+    """
+    from app.logs import get_logger
+    from app.runtime import preload_classifier
+
+    try:
+        preload_classifier()
+    except Exception as exc:  # noqa: BLE001 - not fatal: loaded later, readiness says so
+        get_logger(__name__).warning("model not preloaded; loading after start",
+                                     error=repr(exc)[:300])
 
 
 if __name__ == "__main__":
