@@ -34,7 +34,7 @@ async def _to_dlq(raw: bytes | None, error: str) -> None:
     await fut
 
 
-async def start_batch(raws: list[bytes | None]) -> tuple[Classified, float] | None:
+async def start_batch(raws: list[bytes | None]) -> Classified | None:
     """Parse (unreadable messages go to the DLQ), then fetch, decode and classify."""
     events: list[res.UploadEvent] = []
     for raw in raws:
@@ -49,14 +49,12 @@ async def start_batch(raws: list[bytes | None]) -> tuple[Classified, float] | No
         await cache.mark_processing([e.id for e in events])
     except Exception as exc:  # noqa: BLE001 - status 'processing' is cosmetic
         log.debug("could not mark processing", error=repr(exc))
-    classifier = await get_classifier()
-    t0 = time.perf_counter()
-    batch = await classify_batch(events, classifier)
-    metrics.INFERENCE_SECONDS.observe(time.perf_counter() - t0)
-    return batch, t0
+    batch = await classify_batch(events, await get_classifier())
+    metrics.INFERENCE_SECONDS.observe(time.perf_counter() - batch.started)
+    return batch
 
 
-async def finish_batch(batch: Classified, t0: float) -> None:
+async def finish_batch(batch: Classified) -> None:
     """Store the outputs, then send the results and wait until Kafka has them."""
     await store_batch(batch)
     results = batch.results
@@ -69,7 +67,7 @@ async def finish_batch(batch: Classified, t0: float) -> None:
                         reason=r["error"]["code"], detail=r["error"]["message"])
     log.info("batch classified", size=len(results), image_ids=[r["id"] for r in results],
              failed=sum(r["status"] == "failed" for r in results),
-             ms=round((time.perf_counter() - t0) * 1000, 1))
+             ms=round((time.perf_counter() - batch.started) * 1000, 1))
 
 
 GIVE_UP_AFTER_S = 300.0
@@ -95,10 +93,9 @@ async def retrying(step: Callable[..., Awaitable[T]], *args: Any) -> T:
             delay = min(delay * 2, 30.0)
 
 
-async def _finish_and_ack(stream: Any, events: list[Any],
-                          started: tuple[Classified, float] | None) -> None:
-    if started is not None:
-        await retrying(finish_batch, *started)
+async def _finish_and_ack(stream: Any, events: list[Any], batch: Classified | None) -> None:
+    if batch is not None:
+        await retrying(finish_batch, batch)
     for event in events:
         await stream.ack(event)
 
@@ -120,10 +117,10 @@ async def classify(stream):  # noqa: ANN001 - faust.StreamT
             held = list(events)
             for event in held:
                 event.message.incref()
-            started = await retrying(start_batch, [event.value for event in held])
+            batch = await retrying(start_batch, [event.value for event in held])
             if tail is not None:
                 await tail
-            tail = asyncio.create_task(_finish_and_ack(stream, held, started))
+            tail = asyncio.create_task(_finish_and_ack(stream, held, batch))
         if tail is not None:
             await tail
     finally:

@@ -37,7 +37,7 @@ async def _cache(result: dict, raw: bytes) -> None:
     """Redis is a cache: if it is down, retrieval falls back to the table; retry briefly."""
     for attempt in range(3):
         try:
-            await cache.put_result(result, data=raw)
+            await cache.put_result(result, raw)
             return
         except Exception as exc:  # noqa: BLE001
             if attempt == 2:

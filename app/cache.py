@@ -51,11 +51,10 @@ def _put_result_script() -> Any:
     return get_redis().register_script(_PUT_RESULT)
 
 
-async def put_result(result: dict[str, Any], ttl_s: int | None = None,
-                     data: bytes | None = None) -> None:
+async def put_result(result: dict[str, Any], data: bytes, ttl_s: int | None = None) -> None:
     """Result with TTL, dedup pointer, recent list and a notification, in one command.
 
-    ``data`` is the result already encoded (the results agent has the message bytes)."""
+    ``data`` is ``result`` as encoded (the results agent has the message bytes)."""
     ttl = ttl_s or get_settings().result_ttl_s
     model = result.get("model") or {}
     dedup = result["status"] == "done" and bool(model)
@@ -64,7 +63,7 @@ async def put_result(result: dict[str, Any], ttl_s: int | None = None,
     await _put_result_script()(
         keys=[names.redis_result(result["id"]), dedup_key, names.REDIS_RECENT,
               names.redis_processing(result["id"])],
-        args=[data if data is not None else res.encode(result), ttl, "1" if dedup else "0",
+        args=[data, ttl, "1" if dedup else "0",
               result["id"], RECENT_MAX, names.REDIS_CHANNEL])
 
 

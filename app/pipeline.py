@@ -133,11 +133,6 @@ async def _store_one(item: Prepared, encoded: bytes) -> None:
                                            "application/json"))
 
 
-async def _store_outputs(prepared: list[Prepared], encoded: list[bytes]) -> None:
-    await asyncio.gather(*(_store_one(item, data)
-                           for item, data in zip(prepared, encoded, strict=True)))
-
-
 @dataclass
 class Classified:
     """A batch's results, in event order, with what must be stored next to them."""
@@ -145,6 +140,7 @@ class Classified:
     prepared: list[Prepared]
     results: list[dict[str, Any]]
     encoded: list[bytes]  # each result as stored in MinIO and sent to Kafka, encoded once
+    started: float  # time.perf_counter() when the batch began
 
 
 async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Classified:
@@ -184,13 +180,15 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
         else:
             result = res.failed(item.event, item.error[0], item.error[1], timings, model)
         out.append(result)
-    return Classified(prepared=prepared, results=out, encoded=[res.encode(r) for r in out])
+    return Classified(prepared=prepared, results=out, encoded=[res.encode(r) for r in out],
+                      started=batch_start)
 
 
 async def store_batch(batch: Classified) -> None:
     """Every model input and result of the batch in the object store (retried while it is
     down)."""
-    await _store_outputs(batch.prepared, batch.encoded)
+    await asyncio.gather(*(_store_one(item, data)
+                           for item, data in zip(batch.prepared, batch.encoded, strict=True)))
 
 
 async def classify_now(data: bytes, classifier: Any, top_k: int = 5,

@@ -51,7 +51,7 @@ async def lookup(view: Any, request: Any, image_id: str) -> tuple[Any, str]:
         log.warning("table route failed", error=repr(exc)[:200])
     found = results_table.get(image_id)
     if found is not None:
-        return res.decode(found) if isinstance(found, (bytes, str)) else found, "table"
+        return res.decode(found), "table"
     found = await from_storage(image_id)
     if found is not None:
         return found, "storage"

@@ -22,8 +22,8 @@ def get_registry() -> ModelRegistry:
 
 
 def preload_classifier() -> None:
-    """Load the default model now, blocking: the worker calls this before it joins the
-    consumer group (see app.worker)."""
+    """Load the default model now, blocking. The worker calls it before it joins the consumer
+    group (app.worker); ``get_classifier`` calls it in a thread otherwise."""
     global _classifier
     if _classifier is None:
         _classifier = Classifier(get_registry())
@@ -31,14 +31,13 @@ def preload_classifier() -> None:
 
 async def get_classifier() -> Classifier:
     """Loads the default model on first use (converting it if needed), off the event loop."""
-    global _classifier, _lock
+    global _lock
     if _classifier is not None:
         return _classifier
     if _lock is None:
         _lock = asyncio.Lock()
     async with _lock:
-        if _classifier is None:
-            _classifier = await asyncio.to_thread(Classifier, get_registry())
+        await asyncio.to_thread(preload_classifier)
     return _classifier
 
 
