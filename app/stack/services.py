@@ -223,10 +223,8 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
                 "MINIO_ROOT_PASSWORD": settings.s3_secret_key,
                 "MINIO_BROWSER": "off",
                 "MINIO_UPDATE": "off",
-                # The scanner (usage statistics, bitrot checks, lifecycle) walks every object
-                # and took 7-14% of a core on an idle stack holding 240k objects; at "slow" it
-                # took about 6%. Nothing here depends on its pace.
-                "MINIO_SCANNER_SPEED": "slow",
+                # The scanner walks every object; see settings.minio_scanner_speed.
+                "MINIO_SCANNER_SPEED": settings.minio_scanner_speed,
                 **iam.minio_kms_env(generated),
             },
             priority=10,

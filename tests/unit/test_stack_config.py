@@ -75,3 +75,22 @@ def test_workers_split_the_cores_for_inference(tmp_path, monkeypatch) -> None:
     workers = [p for p in progs if p.name.startswith("worker-")]
     assert len(workers) == 2
     assert all(p.env["IMAGEREC_INFERENCE_THREADS"] == "2" for p in workers)
+
+
+def test_minio_scanner_pace_comes_from_settings(tmp_path) -> None:
+    """The scanner's pace is a setting (slowest by default: it competes with the busy path
+    for CPU); a misspelt pace is refused when the settings are read, not by MinIO later."""
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    ensure_secrets(layout.secrets)
+
+    def minio_env(settings: Settings) -> dict[str, str]:
+        progs = svc.services(layout, settings, tmp_path / "k.properties", tmp_path / "log4j",
+                             tmp_path / "nginx.conf")
+        return next(p for p in progs if p.name == "minio").env
+
+    assert minio_env(Settings(home=tmp_path))["MINIO_SCANNER_SPEED"] == "slowest"
+    assert minio_env(Settings(home=tmp_path, minio_scanner_speed="fast"))[
+        "MINIO_SCANNER_SPEED"] == "fast"
+    with pytest.raises(ValueError, match="minio_scanner_speed"):
+        Settings(home=tmp_path, minio_scanner_speed="slowly")
