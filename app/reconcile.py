@@ -2,11 +2,16 @@
 or sent while a worker lost its batch). Runs on the leader worker only.
 
 Image ids are ULIDs, so object keys sort by creation time. Each pass lists the keys of both
-buckets from where the previous pass stopped up to ``now - grace``, and records its end in Redis.
-Every original is therefore listed once, whichever worker leads, and a pass costs what was
-uploaded since the last one, not the size of the buckets. (Listing the whole last day on every
-tick made MinIO and the leader spend seconds per pass once a day held ~50k images.) Without a
-mark, at the first start or after Redis lost it, a pass looks back a whole day.
+buckets from where the previous pass stopped up to ``now - grace``, and records its end in
+Redis. Every original is therefore listed once, whichever worker leads, and a pass costs what
+was uploaded since the last one, not the size of the buckets. (Listing the whole last day on
+every tick made MinIO and the leader spend seconds per pass once a day held ~50k images.)
+Without a mark, at the first start or after Redis lost it, a pass looks back a whole day.
+
+The listing goes through obstore (app.storage): over 48k originals and their results, the
+leader spent 0.4 s of CPU instead of 3.6 s with minio-py's XML parsing, which had also held
+the GIL against the event loop. MinIO's own cost (about 90 us per original, most of it reading
+the original's metadata file with its data inline) is unchanged.
 
 A key is named before its object is stored, but the store's timeouts (app.storage) bound that gap
 to well under the grace period, so no original appears behind a pass that has already passed it.
@@ -14,8 +19,7 @@ to well under the grace period, so no original appears behind a pass that has al
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
 
 from ulid import ULID
 
@@ -36,14 +40,6 @@ def _ulid_floor(epoch_s: float) -> str:
     return str(ULID.from_timestamp(epoch_s))[:10] + "0" * 16
 
 
-def _keys_between(store: ObjectStore, bucket: str, start: str, stop: str) -> Iterator[Any]:
-    """Objects with start < key < stop, in key order; stops listing at ``stop``."""
-    for obj in store.client.list_objects(bucket, start_after=start):
-        if obj.object_name >= stop:
-            return
-        yield obj
-
-
 def pass_start(settings: Settings, mark: float | None, now: float) -> float:
     """Where a pass starts (epoch seconds): the previous pass's end, at most a day back."""
     until = now - settings.reconcile_grace_s
@@ -51,24 +47,24 @@ def pass_start(settings: Settings, mark: float | None, now: float) -> float:
     return floor if mark is None else max(floor, min(mark, until))
 
 
-def find_orphans(store: ObjectStore, settings: Settings, since: float,
-                 until: float) -> list[Any]:
-    """Originals with ids from ``since`` up to ``until`` that have no result object."""
+async def find_orphans(store: ObjectStore, settings: Settings, since: float,
+                       until: float) -> list[str]:
+    """Ids of the originals from ``since`` up to ``until`` that have no result."""
     start, stop = _ulid_floor(since), _ulid_floor(until)
-    done = {o.object_name.removesuffix(".json")
-            for o in _keys_between(store, settings.bucket_results, start, stop)}
-    return [obj for obj in _keys_between(store, settings.bucket_input, start, stop)
-            if obj.object_name not in done]
+    done: set[str] = set()
+    async for keys in store.keys_between(settings.bucket_results, start, stop):
+        done.update(key.removesuffix(".json") for key in keys)
+    orphans: list[str] = []
+    async for keys in store.keys_between(settings.bucket_input, start, stop):
+        orphans += [key for key in keys if key not in done]  # original_key(id) is the id
+    return orphans
 
 
 async def reconcile_once(store: ObjectStore, settings: Settings, since: float,
                          until: float) -> int:
     """Re-enqueue the orphans of ``[since, until)``; returns how many."""
-    import asyncio
-
-    orphans = await asyncio.to_thread(find_orphans, store, settings, since, until)
-    for obj in orphans:
-        image_id = obj.object_name
+    orphans = await find_orphans(store, settings, since, until)
+    for image_id in orphans:
         stat = await asyncio.to_thread(store.client.stat_object, settings.bucket_input,
                                        names.original_key(image_id))
         meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from faust.exceptions import SameNode
@@ -28,8 +27,7 @@ async def from_storage(image_id: str) -> dict[str, Any] | None:
 
 
 async def original_exists(image_id: str) -> bool:
-    return await asyncio.to_thread(get_store().exists, settings.bucket_input,
-                                   names.original_key(image_id))
+    return await get_store().has(settings.bucket_input, names.original_key(image_id))
 
 
 async def lookup(view: Any, request: Any, image_id: str) -> tuple[Any, str]:

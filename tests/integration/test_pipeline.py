@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
 import uuid
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -22,6 +25,8 @@ from app.storage import ObjectStore, make_minio
 from tests.conftest import CAT_CLASSES, ESPRESSO, jpeg_of, photo_variants
 from tests.kafkatools import end_offsets, produce, read_from
 
+T = TypeVar("T")
+
 pytestmark = pytest.mark.integration
 
 
@@ -33,6 +38,23 @@ def store(settings) -> ObjectStore:
 @pytest.fixture(scope="module")
 def rds(settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
+
+
+def run_fresh(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` in a loop of its own, then close the loop-bound clients it opened (Redis,
+    the Kafka producer), so that the next test's loop gets new ones."""
+    async def main() -> T:
+        from app.broker import get_publisher
+        from app.cache import get_redis
+
+        try:
+            return await coro
+        finally:
+            await get_publisher().stop()
+            await get_redis().aclose()
+            get_redis.cache_clear()
+
+    return asyncio.run(main())
 
 
 def upload_all(gateway, photos: list[bytes], concurrency: int = 32) -> list[dict]:
@@ -336,7 +358,6 @@ def test_model_input_is_served_as_a_keyed_jpeg(gateway) -> None:
 def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settings,
                                                                  store) -> None:
     """The gap between the two upload writes: an original stored, its event never sent."""
-    import asyncio
     import hashlib
 
     from ulid import ULID
@@ -351,19 +372,10 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
 
     until = time.time() - settings.reconcile_grace_s
     since = until - 3600
-
-    async def one_pass() -> int:
-        from app.broker import get_publisher
-
-        try:
-            return await reconcile_once(store, settings, since, until)
-        finally:
-            await get_publisher().stop()
-
-    assert asyncio.run(one_pass()) >= 1
+    assert run_fresh(reconcile_once(store, settings, since, until)) >= 1
     result = gateway.wait_done(old)
     assert result["status"] == "done" and result["labels"]
-    assert old not in {o.object_name for o in find_orphans(store, settings, since, until)}
+    assert old not in run_fresh(find_orphans(store, settings, since, until))
 
 
 def test_reconciler_pass_lists_only_its_range(settings, store) -> None:
@@ -383,9 +395,9 @@ def test_reconciler_pass_lists_only_its_range(settings, store) -> None:
                         "image/jpeg", {"sha256": "0" * 64, "created-at": res.now_iso()})
     try:
         since = until - settings.reconcile_interval_s - 60
-        found = {o.object_name for o in find_orphans(store, settings, since, until)}
+        found = set(run_fresh(find_orphans(store, settings, since, until)))
         assert inside in found and before not in found and after not in found
-        wide = {o.object_name for o in find_orphans(store, settings, until - 3600, until)}
+        wide = set(run_fresh(find_orphans(store, settings, until - 3600, until)))
         assert {inside, before} <= wide and after not in wide
     finally:
         for image_id in (inside, before, after):
