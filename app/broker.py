@@ -47,10 +47,8 @@ class KafkaPublisher:
         """Return once the broker acknowledged the write; raise DependencyDown otherwise."""
         producer = await self._get()
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(topic, value=value, key=key, headers=headers),
-                SEND_TIMEOUT_S,
-            )
+            async with asyncio.timeout(SEND_TIMEOUT_S):  # no task per upload, as wait_for has
+                await producer.send_and_wait(topic, value=value, key=key, headers=headers)
         except DependencyDown:
             raise
         except Exception as exc:
@@ -61,7 +59,8 @@ class KafkaPublisher:
         same view. Fetches the metadata on first use."""
         producer = await self._get()
         try:
-            partitions = await asyncio.wait_for(producer.partitions_for(topic), SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                partitions = await producer.partitions_for(topic)
         except Exception as exc:
             raise DependencyDown("kafka", f"no metadata for {topic}: {exc!r}") from exc
         return len(partitions)

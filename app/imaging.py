@@ -23,6 +23,11 @@ from PIL import Image, ImageOps
 
 from app.settings import get_settings
 
+# Our own pixel cap decides (app.settings.max_pixels, below Pillow's own); Pillow's warning
+# is noise. Set once for the process: ``warnings.catch_warnings`` around each open is not
+# thread-safe, and uploads are inspected on the event loop while a decoder thread decodes.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 __all__ = [
     "ALLOWED_FORMATS",
     "ImageError",
@@ -224,10 +229,7 @@ def decode(
 def _open_header(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
     """Parse only the header with the plugins allowed for ``fmt``; no pixel data is read."""
     try:
-        with warnings.catch_warnings():
-            # Our own cap (below Pillow's default) decides; Pillow's warning is noise here.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS[fmt]))
+        img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS[fmt]))
     except Image.DecompressionBombError as exc:  # over Pillow's own (higher) guard
         raise ImageTooLarge(f"over the limit of {max_pixels} pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:

@@ -279,6 +279,35 @@ def test_minio_down_answers_503_and_queued_events_complete_later(gateway, settin
     assert len(store.list_keys(settings.bucket_input)) == count_before
 
 
+def test_kafka_down_answers_503_and_leaves_no_original(gateway, settings, store) -> None:
+    """The event cannot be produced: the client gets 503 with Retry-After (a retry is safe),
+    and the original stored a moment before is removed again."""
+    from app.reconcile import _ulid_floor
+
+    started = time.time()
+    ctl("stop", "kafka")
+    try:
+        reply = gateway.upload(photo_variants(1, seed=77 + int(time.time()))[0])
+        assert reply.status == 503, reply.body
+        assert reply.headers.get("Retry-After")
+        assert reply.json()["error"]["code"] == "dependency_unavailable"
+
+        async def originals_since() -> list[str]:
+            found: list[str] = []
+            async for keys in store.keys_between(settings.bucket_input, _ulid_floor(started),
+                                                 _ulid_floor(time.time() + 1)):
+                found += keys
+            return found
+
+        assert run_fresh(originals_since()) == []
+    finally:
+        ctl("start", "kafka")
+    deadline = time.monotonic() + 120
+    while gateway.get("/readyz", key=False).status != 200:
+        assert time.monotonic() < deadline, "the stack did not recover from the Kafka stop"
+        time.sleep(0.5)
+
+
 def test_bad_uploads_get_clear_errors(gateway) -> None:
     text = gateway.upload(b"hello, I am text", filename="x.jpg")
     assert text.status == 415 and text.json()["error"]["code"] == "unsupported_format"

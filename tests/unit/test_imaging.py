@@ -17,6 +17,7 @@ from app.imaging import (
     UndecodableImage,
     UnsupportedFormat,
     decode,
+    inspect,
     model_input,
     prepare,
     sniff_format,
@@ -118,6 +119,24 @@ def test_pillow_bomb_guard_still_maps_to_typed_error() -> None:
     # With our cap lifted, Pillow's own guard (2x MAX_IMAGE_PIXELS) must still be typed.
     with pytest.raises(ImageTooLarge):
         decode(s.png_header_only(30000, 30000), max_pixels=10**12)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_inspect_and_decode_leave_the_warning_filters_alone() -> None:
+    """Uploads are inspected on the event loop while a decoder thread decodes. Swapping the
+    process-wide warning filters around each open (``catch_warnings``) is not thread-safe, so
+    neither may do it; Pillow's bomb warning is silenced once, at import."""
+    import warnings
+    from unittest import mock
+
+    over_pillow = s.png_header_only(10000, 10000)  # 100 Mpx: Pillow warns, does not refuse
+    photo = s.jpeg("coffee")
+    swaps = mock.MagicMock(side_effect=warnings.catch_warnings)
+    with mock.patch.object(warnings, "catch_warnings", swaps):
+        found = inspect(over_pillow, max_pixels=2 * 10**8)
+        size = decode(photo).size
+    assert swaps.call_count == 0
+    assert found == ("png", 10000, 10000) and size == (600, 400)
 
 
 def test_pixel_cap_follows_settings(monkeypatch: pytest.MonkeyPatch) -> None:
