@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     producer_linger_ms: int = 20
     # The local MinIO's background scanner (usage statistics, bitrot checks, lifecycle):
     # fastest, fast, default, slow or slowest. "slowest" (a 30-minute cycle, sleeping 100x
-    # each step's time) took MinIO from 6.0% to 2.1% of a core at idle and from 4.9-5.7 to
-    # 4.1-4.4 ms of CPU per image under load; imagerec uses no lifecycle rules or quotas.
+    # each step's time) took MinIO from 6.0% to 2.1% of a core at idle (docs/PERFORMANCE.md,
+    # session 4); imagerec uses no lifecycle rules or quotas, so nothing waits on it.
     minio_scanner_speed: Literal["fastest", "fast", "default", "slow", "slowest"] = "slowest"
 
     # --- input limits -------------------------------------------------------------------

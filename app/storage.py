@@ -5,8 +5,8 @@ results, reads of single objects) and the reconciler's listing use ``obstore``'s
 its requests run on a Rust runtime and resolve on the event loop, at 0.26-0.31 ms of client
 CPU per 40 KB PUT against 0.63-0.78 ms for ``minio`` in a thread pool (``bench/s3_client.py``)
 and 4 against 44 us per listed key, without worker threads contending for the GIL.
-Everything else (stat with user metadata, delete, buckets, IAM, the CLI) stays on the
-``minio`` client and its blocking calls.
+Everything else (stat with user metadata, the small prefix listings of API keys and models,
+delete, buckets, IAM, the CLI) stays on the ``minio`` client and its blocking calls.
 
 Object keys are built only from server-generated ids (see ``app.keys``), never from
 client-supplied names.
