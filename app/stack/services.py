@@ -233,7 +233,8 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             name="redis",
             command=f"{shutil.which('redis-server') or 'redis-server'} --bind 127.0.0.1 "
             f"--port {redis_port(settings)} --dir {layout.data / 'redis'} "
-            "--save 60 1000 --appendonly no --daemonize no --protected-mode yes",
+            f"--save 300 100 --appendonly no --maxmemory {settings.redis_maxmemory_mb}mb "
+            "--maxmemory-policy volatile-lru --daemonize no --protected-mode yes",
             ports=(redis_port(settings),),
             priority=10,
         ),

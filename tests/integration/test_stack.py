@@ -66,6 +66,9 @@ def test_redis_set_with_ttl(settings, gateway) -> None:
     assert r.get(key) == b"v"
     assert 0 < r.ttl(key) <= 30
     r.delete(key)
+    # A cache: bounded memory, and only keys with a TTL may be evicted (app.settings).
+    assert int(r.config_get("maxmemory")["maxmemory"]) == settings.redis_maxmemory_mb * 2**20
+    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
 
 
 def test_request_through_nginx_reaches_a_worker(gateway) -> None:

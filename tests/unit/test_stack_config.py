@@ -94,3 +94,16 @@ def test_minio_scanner_pace_comes_from_settings(tmp_path) -> None:
         "MINIO_SCANNER_SPEED"] == "fast"
     with pytest.raises(ValueError, match="minio_scanner_speed"):
         Settings(home=tmp_path, minio_scanner_speed="slowly")
+
+
+def test_redis_is_a_bounded_cache(tmp_path) -> None:
+    """Bounded memory, evicting only keys with a TTL; snapshots at most every 5 minutes."""
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    ensure_secrets(layout.secrets)
+    progs = svc.services(layout, Settings(home=tmp_path, redis_maxmemory_mb=64),
+                         tmp_path / "k.properties", tmp_path / "log4j", tmp_path / "nginx.conf")
+    argv = next(p for p in progs if p.name == "redis").command.split()
+    assert argv[argv.index("--maxmemory") + 1] == "64mb"
+    assert argv[argv.index("--maxmemory-policy") + 1] == "volatile-lru"
+    assert argv[argv.index("--save") + 1:argv.index("--save") + 3] == ["300", "100"]
