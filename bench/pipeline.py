@@ -6,9 +6,14 @@ Reports, in one run:
 - p50 latency at light load (a steady 10 images/second),
 - the in-process ceiling: decode + preprocess + infer of the same images in this process with
   the same engine, one after the other (what a single process without Kafka, MinIO or Redis
-  does), measured before and after the load runs; the higher of the two counts.
+  does), measured just before and just after the heavy run; the higher of the two counts.
 The last line is machine-readable. Needs the stack up (`make up`); run with `make bench` or
-`.venv/bin/python bench/pipeline.py [--images 1000] [--concurrency 48]`.
+`.venv/bin/python bench/pipeline.py [--images 1000] [--concurrency 48] [--runs 1]`.
+
+On a shared machine one ratio swings by +-5% from run to run, mostly with the ceiling (its two
+inference threads suffer most when the host is busy), so ``--runs N`` repeats the heavy run
+with fresh images and its own two ceilings, prints every run, and ends with the run at the
+median ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -169,59 +175,98 @@ def ceiling(photos: list[bytes], passes: int = 3) -> float:
     return best
 
 
+@dataclass
+class Run:
+    """One heavy run and the ceiling measured on its images just before and just after it."""
+
+    rate: float
+    ceilings: tuple[float, float]
+    latencies: list[float]
+    cpu_ms: dict[str, float]  # CPU per image during the heavy run, by program
+
+    @property
+    def ceiling(self) -> float:
+        # Background load on a shared machine lowers a single ceiling measurement by up to
+        # 20%, which would flatter the ratio: the higher of the two counts.
+        return max(self.ceilings)
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.ceiling
+
+
+def heavy_run(base: str, key: str | None, photos: list[bytes], concurrency: int) -> Run:
+    print("in-process ceiling (stack idle) ...", flush=True)
+    first = ceiling(photos)
+    print(f"heavy load: {len(photos)} images, concurrency {concurrency} ...", flush=True)
+    before = cpu_seconds()
+    rate, lat = asyncio.run(run_load(base, key, photos, concurrency, None))
+    after = cpu_seconds()
+    used = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / len(photos) * 1000 for k in after}
+    print("in-process ceiling again (stack idle) ...", flush=True)
+    time.sleep(5)
+    return Run(rate, (first, ceiling(photos)), lat, used)
+
+
+def report(run: Run, light_lat: list[float]) -> None:
+    print()
+    print(f"{'measure':34} {'value':>10}")
+    print(f"{'pipeline images/s':34} {run.rate:10.1f}")
+    print(f"{'in-process ceiling images/s':34} {run.ceiling:10.1f}  "
+          f"(before {run.ceilings[0]:.1f}, after {run.ceilings[1]:.1f})")
+    print(f"{'ratio':34} {run.ratio:10.2f}")
+    for q in (50, 95, 99):
+        print(f"{f'latency p{q} ms (heavy)':34} {percentile(run.latencies, q):10.0f}")
+    print(f"{'latency p50 ms (light, 10/s)':34} {percentile(light_lat, 50):10.0f}")
+    print()
+    print("CPU per image during the heavy run, by program (ms):")
+    for name, ms in sorted(run.cpu_ms.items(), key=lambda kv: -kv[1]):
+        if ms > 0.05:
+            print(f"  {name:32} {ms:8.2f}")
+    print(f"  {'total':32} {sum(run.cpu_ms.values()):8.2f}")
+    print(f"{'latency p95 ms (light, 10/s)':34} {percentile(light_lat, 95):10.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--light-images", type=int, default=100)
     parser.add_argument("--light-rate", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="heavy runs, each with its own ceilings; the last line is the run "
+                             "with the median ratio (the lower one of an even count)")
     args = parser.parse_args()
     settings = get_settings()
     base, key = settings.gateway_url, _key()
     seed = int(time.time())  # fresh bytes every run: no de-duplication shortcut
-    photos = photo_variants(args.images, seed=seed)
+    batches = [photo_variants(args.images, seed=seed + 10 * i) for i in range(args.runs)]
     light = photo_variants(args.light_images, seed=seed + 1)
-    sizes = [len(p) for p in photos]
-    print(f"images: {len(photos)} real JPEGs, median {statistics.median(sizes) / 1024:.0f} KiB; "
-          f"gateway {base}; batch {settings.batch_size} within {settings.batch_window_s}s")
+    sizes = [len(p) for p in batches[0]]
+    print(f"images: {len(batches[0])} real JPEGs, median {statistics.median(sizes) / 1024:.0f} "
+          f"KiB; gateway {base}; batch {settings.batch_size} within {settings.batch_window_s}s")
 
-    print("in-process ceiling (stack idle) ...", flush=True)
-    ceil = ceiling(photos)
     print("warm-up ...", flush=True)
     asyncio.run(run_load(base, key, photo_variants(40, seed=seed + 2), args.concurrency, None))
     print(f"light load: {args.light_images} images at {args.light_rate}/s ...", flush=True)
     _, light_lat = asyncio.run(run_load(base, key, light, 8, args.light_rate))
-    print(f"heavy load: {len(photos)} images, concurrency {args.concurrency} ...", flush=True)
-    before = cpu_seconds()
-    rate, lat = asyncio.run(run_load(base, key, photos, args.concurrency, None))
-    after = cpu_seconds()
-    used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    # Background load on a shared machine lowers a single ceiling measurement by up to 20%,
-    # which would flatter the ratio; measure again once the stack is idle and keep the higher.
-    print("in-process ceiling again (stack idle) ...", flush=True)
-    time.sleep(5)
-    ceilings = [ceil, ceiling(photos)]
-    ceil = max(ceilings)
+    runs = [heavy_run(base, key, photos, args.concurrency) for photos in batches]
 
-    print()
-    print(f"{'measure':34} {'value':>10}")
-    print(f"{'pipeline images/s':34} {rate:10.1f}")
-    print(f"{'in-process ceiling images/s':34} {ceil:10.1f}  "
-          f"(before {ceilings[0]:.1f}, after {ceilings[1]:.1f})")
-    print(f"{'ratio':34} {rate / ceil:10.2f}")
-    for q in (50, 95, 99):
-        print(f"{f'latency p{q} ms (heavy)':34} {percentile(lat, q):10.0f}")
-    print(f"{'latency p50 ms (light, 10/s)':34} {percentile(light_lat, 50):10.0f}")
-    print()
-    print("CPU per image during the heavy run, by program (ms):")
-    for name, secs in sorted(used.items(), key=lambda kv: -kv[1]):
-        if secs > 0.05:
-            print(f"  {name:32} {secs / len(photos) * 1000:8.2f}")
-    print(f"  {'total':32} {sum(used.values()) / len(photos) * 1000:8.2f}")
-    print(f"{'latency p95 ms (light, 10/s)':34} {percentile(light_lat, 95):10.0f}")
-    print(f"pipeline_img_s={rate:.1f} ceiling_img_s={ceil:.1f} ratio={rate / ceil:.2f} "
-          f"p50_ms={percentile(lat, 50):.0f} p95_ms={percentile(lat, 95):.0f} "
-          f"p99_ms={percentile(lat, 99):.0f} light_p50_ms={percentile(light_lat, 50):.0f}")
+    if len(runs) > 1:
+        print()
+        print(f"{'run':>4} {'img/s':>7} {'ceiling (before/after)':>24} {'ratio':>6} "
+              f"{'p50 ms':>7} {'CPU ms/img':>11}")
+        for n, run in enumerate(runs, 1):
+            print(f"{n:4d} {run.rate:7.1f} {run.ceilings[0]:11.1f} / {run.ceilings[1]:<10.1f} "
+                  f"{run.ratio:6.2f} {percentile(run.latencies, 50):7.0f} "
+                  f"{sum(run.cpu_ms.values()):11.2f}")
+    median = sorted(runs, key=lambda r: r.ratio)[(len(runs) - 1) // 2]
+    report(median, light_lat)
+    print(f"pipeline_img_s={median.rate:.1f} ceiling_img_s={median.ceiling:.1f} "
+          f"ratio={median.ratio:.2f} p50_ms={percentile(median.latencies, 50):.0f} "
+          f"p95_ms={percentile(median.latencies, 95):.0f} "
+          f"p99_ms={percentile(median.latencies, 99):.0f} "
+          f"light_p50_ms={percentile(light_lat, 50):.0f}")
 
 
 if __name__ == "__main__":
