@@ -198,7 +198,9 @@ class Run:
 def heavy_run(base: str, key: str | None, photos: list[bytes], concurrency: int) -> Run:
     print("in-process ceiling (stack idle) ...", flush=True)
     first = ceiling(photos)
-    print(f"heavy load: {len(photos)} images, concurrency {concurrency} ...", flush=True)
+    median_kib = statistics.median(len(p) for p in photos) / 1024
+    print(f"heavy load: {len(photos)} real JPEGs (median {median_kib:.0f} KiB), concurrency "
+          f"{concurrency} ...", flush=True)
     before = cpu_seconds()
     rate, lat = asyncio.run(run_load(base, key, photos, concurrency, None))
     after = cpu_seconds()
@@ -240,17 +242,16 @@ def main() -> None:
     settings = get_settings()
     base, key = settings.gateway_url, _key()
     seed = int(time.time())  # fresh bytes every run: no de-duplication shortcut
-    batches = [photo_variants(args.images, seed=seed + 10 * i) for i in range(args.runs)]
     light = photo_variants(args.light_images, seed=seed + 1)
-    sizes = [len(p) for p in batches[0]]
-    print(f"images: {len(batches[0])} real JPEGs, median {statistics.median(sizes) / 1024:.0f} "
-          f"KiB; gateway {base}; batch {settings.batch_size} within {settings.batch_window_s}s")
+    print(f"gateway {base}; batch {settings.batch_size} within {settings.batch_window_s}s")
 
     print("warm-up ...", flush=True)
     asyncio.run(run_load(base, key, photo_variants(40, seed=seed + 2), args.concurrency, None))
     print(f"light load: {args.light_images} images at {args.light_rate}/s ...", flush=True)
     _, light_lat = asyncio.run(run_load(base, key, light, 8, args.light_rate))
-    runs = [heavy_run(base, key, photos, args.concurrency) for photos in batches]
+    # Each run's images are made when it starts (seed, seed + 10, ...), not all kept at once.
+    runs = [heavy_run(base, key, photo_variants(args.images, seed=seed + 10 * i),
+                      args.concurrency) for i in range(args.runs)]
 
     if len(runs) > 1:
         print()
