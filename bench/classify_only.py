@@ -29,14 +29,14 @@ from app import results as res  # noqa: E402
 from app.cache import get_redis  # noqa: E402
 from app.ids import new_image_id  # noqa: E402
 from app.settings import get_settings  # noqa: E402
-from app.storage import ObjectStore, make_minio  # noqa: E402
-from bench.pipeline import cpu_seconds  # noqa: E402
+from app.storage import get_store  # noqa: E402
+from bench.pipeline import cpu_ms_per_image, cpu_seconds, print_cpu  # noqa: E402
 from tests.conftest import photo_variants  # noqa: E402
 
 
 async def run(count: int) -> None:
     settings = get_settings()
-    store = ObjectStore(make_minio(settings), settings)
+    store = get_store()
     photos = photo_variants(count, seed=int(time.time()))
     events: list[res.UploadEvent] = []
     gate = asyncio.Semaphore(16)
@@ -69,10 +69,7 @@ async def run(count: int) -> None:
     finally:
         await producer.stop()
     print(f"classify side: {count / elapsed:.1f} images/s; CPU ms per image:")
-    used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    for name, secs in sorted(used.items(), key=lambda kv: -kv[1]):
-        if secs > 0.05:
-            print(f"  {name:32} {secs / count * 1000:8.2f}")
+    print_cpu(cpu_ms_per_image(before, after, count))
 
 
 def main() -> None:

@@ -144,6 +144,19 @@ def cpu_seconds() -> dict[str, float]:
     return out
 
 
+def cpu_ms_per_image(before: dict[str, float], after: dict[str, float],
+                     images: int) -> dict[str, float]:
+    """CPU milliseconds per image, by program, between two ``cpu_seconds`` readings."""
+    return {k: (after.get(k, 0.0) - before.get(k, 0.0)) / images * 1000 for k in after}
+
+
+def print_cpu(cpu_ms: dict[str, float]) -> None:
+    for name, ms in sorted(cpu_ms.items(), key=lambda kv: -kv[1]):
+        if ms > 0.05:
+            print(f"  {name:32} {ms:8.2f}")
+    print(f"  {'total':32} {sum(cpu_ms.values()):8.2f}")
+
+
 def _program(pid: str, argv: list[str]) -> str:
     if str(os.getpid()) == pid:
         return "benchmark client"
@@ -204,7 +217,7 @@ def heavy_run(base: str, key: str | None, photos: list[bytes], concurrency: int)
     before = cpu_seconds()
     rate, lat = asyncio.run(run_load(base, key, photos, concurrency, None))
     after = cpu_seconds()
-    used = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / len(photos) * 1000 for k in after}
+    used = cpu_ms_per_image(before, after, len(photos))
     print("in-process ceiling again (stack idle) ...", flush=True)
     time.sleep(5)
     return Run(rate, (first, ceiling(photos)), lat, used)
@@ -222,10 +235,7 @@ def report(run: Run, light_lat: list[float]) -> None:
     print(f"{'latency p50 ms (light, 10/s)':34} {percentile(light_lat, 50):10.0f}")
     print()
     print("CPU per image during the heavy run, by program (ms):")
-    for name, ms in sorted(run.cpu_ms.items(), key=lambda kv: -kv[1]):
-        if ms > 0.05:
-            print(f"  {name:32} {ms:8.2f}")
-    print(f"  {'total':32} {sum(run.cpu_ms.values()):8.2f}")
+    print_cpu(run.cpu_ms)
     print(f"{'latency p95 ms (light, 10/s)':34} {percentile(light_lat, 95):10.0f}")
 
 

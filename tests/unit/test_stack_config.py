@@ -13,6 +13,15 @@ from app.stack.manage import StackError, check_ports
 from app.stack.secrets import ensure_secrets, read_env_file
 
 
+def _programs(tmp_path, settings: Settings) -> list[svc.Service]:
+    """The stack's programs as `imagerec stack up` would define them, in a scratch home."""
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    ensure_secrets(layout.secrets)
+    return svc.services(layout, settings, tmp_path / "k.properties", tmp_path / "log4j",
+                        tmp_path / "nginx.conf")
+
+
 def test_secrets_are_generated_once_and_private(tmp_path) -> None:
     path = tmp_path / "secrets.env"
     first = ensure_secrets(path)
@@ -66,12 +75,7 @@ def test_workers_split_the_cores_for_inference(tmp_path, monkeypatch) -> None:
     XNNPACK threads); the stack gives each worker cores // workers inference threads."""
     monkeypatch.delenv("IMAGEREC_INFERENCE_THREADS", raising=False)
     monkeypatch.setattr(svc.os, "cpu_count", lambda: 4)
-    layout = Layout(home=tmp_path)
-    layout.ensure()
-    ensure_secrets(layout.secrets)
-    settings = Settings(home=tmp_path, workers=2)
-    progs = svc.services(layout, settings, tmp_path / "k.properties", tmp_path / "log4j",
-                         tmp_path / "nginx.conf")
+    progs = _programs(tmp_path, Settings(home=tmp_path, workers=2))
     workers = [p for p in progs if p.name.startswith("worker-")]
     assert len(workers) == 2
     assert all(p.env["IMAGEREC_INFERENCE_THREADS"] == "2" for p in workers)
@@ -80,14 +84,8 @@ def test_workers_split_the_cores_for_inference(tmp_path, monkeypatch) -> None:
 def test_minio_scanner_pace_comes_from_settings(tmp_path) -> None:
     """The scanner's pace is a setting (slowest by default: it competes with the busy path
     for CPU); a misspelt pace is refused when the settings are read, not by MinIO later."""
-    layout = Layout(home=tmp_path)
-    layout.ensure()
-    ensure_secrets(layout.secrets)
-
     def minio_env(settings: Settings) -> dict[str, str]:
-        progs = svc.services(layout, settings, tmp_path / "k.properties", tmp_path / "log4j",
-                             tmp_path / "nginx.conf")
-        return next(p for p in progs if p.name == "minio").env
+        return next(p for p in _programs(tmp_path, settings) if p.name == "minio").env
 
     assert minio_env(Settings(home=tmp_path))["MINIO_SCANNER_SPEED"] == "slowest"
     assert minio_env(Settings(home=tmp_path, minio_scanner_speed="fast"))[
@@ -98,11 +96,7 @@ def test_minio_scanner_pace_comes_from_settings(tmp_path) -> None:
 
 def test_redis_is_a_bounded_cache(tmp_path) -> None:
     """Bounded memory, evicting only keys with a TTL; snapshots at most every 5 minutes."""
-    layout = Layout(home=tmp_path)
-    layout.ensure()
-    ensure_secrets(layout.secrets)
-    progs = svc.services(layout, Settings(home=tmp_path, redis_maxmemory_mb=64),
-                         tmp_path / "k.properties", tmp_path / "log4j", tmp_path / "nginx.conf")
+    progs = _programs(tmp_path, Settings(home=tmp_path, redis_maxmemory_mb=64))
     argv = next(p for p in progs if p.name == "redis").command.split()
     assert argv[argv.index("--maxmemory") + 1] == "64mb"
     assert argv[argv.index("--maxmemory-policy") + 1] == "volatile-lru"
