@@ -287,9 +287,9 @@ class Events(View):
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        await resp.write(b": connected\n\n")
-        queue = get_hub().subscribe()  # before the replay, so nothing falls in between
+        # Subscribed before the headers go out: a client that reads the recent list once the
+        # stream is open (the web page does) misses nothing in between.
+        queue = await get_hub().subscribe()
         sent: set[str] = set()
 
         async def send(result: dict[str, Any]) -> None:
@@ -298,6 +298,8 @@ class Events(View):
             await resp.write(f"event: result\nid: {result['id']}\ndata: {data}\n\n".encode())
 
         try:
+            await resp.prepare(request)
+            await resp.write(b": connected\n\n")
             for missed in await _missed_since(request.headers.get("Last-Event-ID", "")):
                 await send(missed)
             while True:

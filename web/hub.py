@@ -16,13 +16,16 @@ from app.logs import get_logger
 
 log = get_logger(__name__)
 QUEUE_MAX = 1000
+LIVE_WAIT_S = 2.0
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, channel: str = names.REDIS_CHANNEL) -> None:
+        self._channel = channel
         self._subscribers: set[asyncio.Queue] = set()
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._task: asyncio.Task | None = None
+        self._live = asyncio.Event()  # set while the Redis subscription is in place
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -35,18 +38,21 @@ class Hub:
         delay = 0.5
         while True:
             try:
-                pubsub = cache.get_redis().pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(names.REDIS_CHANNEL)
+                pubsub = cache.get_redis().pubsub()
+                await pubsub.subscribe(self._channel)
                 delay = 0.5
                 async for message in pubsub.listen():
+                    kind = message.get("type")
                     # Decoding every result costs CPU on every worker; skip it while no
                     # client of this worker is listening or waiting.
-                    if message.get("type") == "message" and (self._subscribers
-                                                             or self._waiters):
+                    if kind == "message" and (self._subscribers or self._waiters):
                         self.publish(res.decode(message["data"]))
+                    elif kind == "subscribe":  # Redis's confirmation, not just the request
+                        self._live.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
+                self._live.clear()
                 log.warning("result subscription lost; reconnecting", error=repr(exc)[:200],
                             retry_in_s=delay)
                 await asyncio.sleep(delay)
@@ -60,10 +66,21 @@ class Hub:
             if not fut.done():
                 fut.set_result(result)
 
-    def subscribe(self) -> asyncio.Queue:
+    async def _until_live(self) -> None:
+        """Returns once the Redis subscription is in place (or after a short wait while
+        Redis is down), so that whatever a caller reads next from Redis and what is
+        published from then on leave no gap between them."""
         self._ensure_running()
+        try:
+            async with asyncio.timeout(LIVE_WAIT_S):
+                await self._live.wait()
+        except TimeoutError:
+            log.warning("result subscription not in place yet", waited_s=LIVE_WAIT_S)
+
+    async def subscribe(self) -> asyncio.Queue:
+        await self._until_live()
         queue: asyncio.Queue = asyncio.Queue()
-        self._subscribers.add(queue)
+        self._subscribers.add(queue)  # no await since the wait: no message falls in between
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue) -> None:
@@ -71,10 +88,10 @@ class Hub:
 
     async def wait_for(self, image_id: str, timeout_s: float) -> dict[str, Any] | None:
         """The result if it finishes within ``timeout_s``; re-checks Redis to close the race."""
-        self._ensure_running()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(image_id, []).append(fut)
         try:
+            await self._until_live()
             try:
                 found = await cache.get_result(image_id)
                 if res.is_final(found):

@@ -527,3 +527,29 @@ def test_event_stream_replays_what_a_reconnecting_client_missed(gateway) -> None
     assert {b, c} <= set(seen), seen
     assert a not in seen
     assert seen.index(b) < seen.index(c)  # oldest first
+
+
+def test_event_stream_subscription_is_in_place_when_subscribe_returns() -> None:
+    """A worker's first stream subscriber must not get its stream before Redis has the
+    subscription: the web page reads the recent list once the stream opens, and a result
+    published in between would be in neither."""
+    from app.cache import get_redis
+    from web.hub import Hub
+
+    channel = f"{names.REDIS_CHANNEL}:test:{uuid.uuid4().hex}"
+    sent = res.queued(res.UploadEvent(id=new_image_id(), sha256="0" * 64, format="jpeg",
+                                      size=1, created_at=res.now_iso()))
+
+    async def first_message() -> dict:
+        hub = Hub(channel)
+        queue = await hub.subscribe()
+        try:
+            await get_redis().publish(channel, res.encode(sent))  # at once, as a result may be
+            async with asyncio.timeout(5):
+                return await queue.get()
+        finally:
+            hub.unsubscribe(queue)
+            hub._task.cancel()
+
+    assert run_fresh(first_message()) == sent
+

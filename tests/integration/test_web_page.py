@@ -181,6 +181,8 @@ def test_upload_chelsea_shows_cat_label_live(page: Page, api_key: str | None,
     expect(other_thumb).to_be_visible()
     page.evaluate("window.scrollTo(0, 0)")
 
+    # the claim below is "from the stream": the reloaded page's stream must be open first
+    expect(page.locator("#live-text")).to_have_text("live updates: on")
     photo = _photo(tmp_path / "chelsea.jpg", data.chelsea())
     page.evaluate("window.__sameDocument = true")          # gone if the page reloads
     image_gets: list[str] = []

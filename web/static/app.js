@@ -657,6 +657,9 @@ function connectEvents() {
     state.liveOpen = true;
     state.sourceRetryMs = 1000;
     setLive("ok", "on");
+    // Read the recent list only now that the stream is live: a result that finished while
+    // the stream was connecting is in the list, and one that finishes later is streamed.
+    loadGallery();
     // Results may have finished while the stream was down: check each pending image once.
     if (wasDown) {
       for (const entry of state.entries.values()) {
