@@ -148,8 +148,10 @@ async def reconcile() -> None:
         since = pass_start(settings, await _reconciled_until(), now)
         count = await reconcile_once(get_store(), settings, since, until)
         await cache.set_reconciled_until(until)  # a failed pass leaves the mark: retried
-        if count:
-            log.info("reconciler re-enqueued images", count=count)
+        # One line a minute: when passes stop or grow slow (a lost mark makes the next one
+        # look back a day), this is where an operator sees it.
+        log.info("reconciler pass", re_enqueued=count, looked_back_s=round(until - since),
+                 took_s=round(time.time() - now, 2))
     except Exception as exc:  # noqa: BLE001 - next tick tries again
         log.warning("reconciler pass failed", error=repr(exc)[:200])
 
