@@ -34,6 +34,9 @@ class Service:
     priority: int = 100
     stopwaitsecs: int = 20
     directory: str | None = None
+    # A file name for stdout alone, when stdout is a log of its own (nginx's access log):
+    # supervisord then rotates it like every other log, and stderr keeps ``{name}.log``.
+    stdout_log: str | None = None
 
 
 def _host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -168,7 +171,6 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
         "USER_LINE": "user root;" if is_root else "",
         "PID": str(conf_dir / "nginx.pid"),
         "TMP": str(conf_dir / "tmp"),
-        "LOGS": str(layout.logs),
         "LISTEN": str(gateway_port(settings)),
         "WORKERS_UPSTREAM": upstream,
         "BIND": settings.gateway_bind,
@@ -278,6 +280,7 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             ports=(gateway_port(settings),)
             + ((settings.gateway_tls_port,) if tls_files(layout) else ()),
             priority=90,
+            stdout_log="gateway-access.log",  # the access log goes to stdout: rotated
         )
     )
     return result
@@ -310,6 +313,7 @@ def render_supervisor(layout: Layout, progs: list[Service]) -> Path:
     for svc in progs:
         env = {**base_env, **svc.env}
         env_line = ",".join(f'{k}="{v}"' for k, v in env.items())
+        log = f"{svc.name}.log"
         lines += [
             f"[program:{svc.name}]",
             f"command={svc.command}",
@@ -321,12 +325,16 @@ def render_supervisor(layout: Layout, progs: list[Service]) -> Path:
             f"stopwaitsecs={svc.stopwaitsecs}",
             "stopasgroup=true",
             "killasgroup=true",
-            "redirect_stderr=true",
-            f"stdout_logfile={layout.logs / (svc.name + '.log')}",
+            f"stdout_logfile={layout.logs / (svc.stdout_log or log)}",
             "stdout_logfile_maxbytes=20MB",
             "stdout_logfile_backups=2",
-            f"environment={env_line}",
         ]
+        if svc.stdout_log:  # stderr keeps the program's own log, rotated the same way
+            lines += ["redirect_stderr=false", f"stderr_logfile={layout.logs / log}",
+                      "stderr_logfile_maxbytes=20MB", "stderr_logfile_backups=2"]
+        else:
+            lines.append("redirect_stderr=true")
+        lines.append(f"environment={env_line}")
         if svc.directory:
             lines.append(f"directory={svc.directory}")
         lines.append("")

@@ -101,3 +101,26 @@ def test_redis_is_a_bounded_cache(tmp_path) -> None:
     assert argv[argv.index("--maxmemory") + 1] == "64mb"
     assert argv[argv.index("--maxmemory-policy") + 1] == "volatile-lru"
     assert argv[argv.index("--save") + 1:argv.index("--save") + 3] == ["300", "100"]
+
+
+def test_every_log_is_rotated_the_access_log_included(tmp_path) -> None:
+    """nginx would never rotate a file it opened itself; its access log goes to stdout, which
+    supervisord writes to gateway-access.log and rotates like every other program's log."""
+    settings = Settings(home=tmp_path)
+    layout = Layout(home=tmp_path)
+    progs = _programs(tmp_path, settings)
+    nginx = svc.render_nginx(layout, settings, layout.repo / "deploy" / "nginx.conf.tmpl")
+    access = [line.strip() for line in nginx.read_text().splitlines()
+              if line.strip().startswith("access_log")]
+    assert access and all(line.split()[1] in ("/dev/stdout", "off;") for line in access)
+
+    sections = svc.render_supervisor(layout, progs).read_text().split("[program:")[1:]
+    conf = {s.split("]", 1)[0]: dict(line.split("=", 1) for line in s.splitlines()[1:]
+                                     if "=" in line) for s in sections}
+    assert conf["nginx"]["stdout_logfile"] == str(layout.logs / "gateway-access.log")
+    assert conf["nginx"]["stderr_logfile"] == str(layout.logs / "nginx.log")
+    for name, program in conf.items():
+        logs = [k for k in program if k.endswith("_logfile")]
+        assert logs, name
+        for key in logs:
+            assert program[f"{key}_maxbytes"] == "20MB", (name, key)
