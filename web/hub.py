@@ -66,16 +66,16 @@ class Hub:
             if not fut.done():
                 fut.set_result(result)
 
-    async def _until_live(self) -> None:
-        """Returns once the Redis subscription is in place (or after a short wait while
-        Redis is down), so that whatever a caller reads next from Redis and what is
-        published from then on leave no gap between them."""
+    async def _until_live(self, limit_s: float = LIVE_WAIT_S) -> None:
+        """Returns once the Redis subscription is in place, so that whatever a caller reads
+        next from Redis and what is published from then on leave no gap between them. While
+        Redis is down it gives up after ``limit_s`` (the listener logs the outage)."""
         self._ensure_running()
         try:
-            async with asyncio.timeout(LIVE_WAIT_S):
+            async with asyncio.timeout(limit_s):
                 await self._live.wait()
         except TimeoutError:
-            log.warning("result subscription not in place yet", waited_s=LIVE_WAIT_S)
+            pass
 
     async def subscribe(self) -> asyncio.Queue:
         await self._until_live()
@@ -88,17 +88,19 @@ class Hub:
 
     async def wait_for(self, image_id: str, timeout_s: float) -> dict[str, Any] | None:
         """The result if it finishes within ``timeout_s``; re-checks Redis to close the race."""
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        fut: asyncio.Future = loop.create_future()
         self._waiters.setdefault(image_id, []).append(fut)
         try:
-            await self._until_live()
+            await self._until_live(min(LIVE_WAIT_S, timeout_s))
             try:
                 found = await cache.get_result(image_id)
                 if res.is_final(found):
                     return found
             except Exception:  # noqa: BLE001 - fall back to waiting for the event
                 pass
-            return await asyncio.wait_for(fut, timeout_s)
+            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
         except TimeoutError:
             return None
         finally:
