@@ -196,9 +196,7 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
     wait_for(lambda: _http_ok(f"http://{settings.s3_endpoint}/minio/health/ready"),
              "minio", 60, layout, "minio")
     wait_for(lambda: _kafka_ready(settings), "kafka", 90, layout, "kafka")
-    from app.stack.provision import provision
-
-    created = provision(settings)
+    created = _provision(layout, settings)
     if created["topics"] or created["buckets"]:
         say(f"created topics {created['topics']} and buckets {created['buckets']}")
     say("starting workers, functions and the gateway ...")
@@ -210,6 +208,25 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
     say(f"imagerec is up in {time.monotonic() - started:.1f}s: {settings.gateway_url}  "
         f"(logs: {layout.logs}, stop: make down)")
     return True
+
+
+def _provision(layout: Layout, settings: Settings) -> dict[str, list[str]]:
+    """Topics, buckets, encryption and MinIO users; a failure names its likely cause."""
+    from app.stack.provision import provision
+
+    try:
+        return provision(settings)
+    except Exception as exc:
+        hint = ""
+        if "kms:" in str(exc).lower():
+            # Every object and bucket setting is sealed with the KMS key in secrets.env.
+            hint = (f"\nMinIO cannot decrypt {layout.data / 'minio'} with the KMS key it was "
+                    f"given: the data was written under another key (secrets.env replaced, "
+                    f"or IMAGEREC_MINIO_KMS_SECRET_KEY set in the environment). Restore that "
+                    f"key, or start over with `make clean` (deletes all stored data).")
+        raise StackError(f"setting up topics, buckets and MinIO users failed: {exc}{hint}\n"
+                         f"The servers started so far are still running; `make down` stops "
+                         f"them.") from exc
 
 
 def _ensure_dev_key(say: Callable[[str], None]) -> None:

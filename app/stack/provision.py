@@ -46,6 +46,15 @@ def ensure_buckets(settings: Settings) -> list[str]:
     return created
 
 
+def check_readable(settings: Settings) -> None:
+    """List the first object of each bucket. Stored data sealed under another KMS key
+    (a replaced secrets.env) fails here, once and before any worker starts, rather than in
+    every worker's first read: a listing decrypts each object's ETag."""
+    client = make_minio(settings)
+    for bucket in settings.buckets:
+        next(iter(client.list_objects(bucket, recursive=True)), None)
+
+
 def provision(settings: Settings) -> dict[str, list[str]]:
     """Everything the application expects to exist before a worker starts."""
     topics = asyncio.run(ensure_topics(settings))
@@ -56,4 +65,5 @@ def provision(settings: Settings) -> dict[str, list[str]]:
 
     encrypted = iam.ensure_bucket_encryption(settings)
     users = iam.ensure_iam(settings)
+    check_readable(settings)
     return {"topics": topics, "buckets": buckets, "encrypted": encrypted, "users": users}

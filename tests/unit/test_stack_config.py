@@ -124,3 +124,25 @@ def test_every_log_is_rotated_the_access_log_included(tmp_path) -> None:
         assert logs, name
         for key in logs:
             assert program[f"{key}_maxbytes"] == "20MB", (name, key)
+
+
+@pytest.mark.parametrize(("error", "kms_hint"), [
+    ("S3 operation failed; code: kms:InvalidCiphertextException, message: failed to decrypt "
+     "ciphertext, resource: /models", True),
+    ("S3 operation failed; code: AccessDenied", False),
+])
+def test_a_failed_provisioning_says_what_to_do(tmp_path, monkeypatch, error: str,
+                                                kms_hint: bool) -> None:
+    """Seen for real: a stack whose secrets.env was replaced cannot read its own data. `up`
+    must say why and what to do, not print a traceback or start workers that fail."""
+    from app.stack import manage, provision
+
+    def fails(settings: Settings) -> None:
+        raise RuntimeError(error)
+
+    monkeypatch.setattr(provision, "provision", fails)
+    with pytest.raises(StackError) as raised:
+        manage._provision(Layout(home=tmp_path), Settings(home=tmp_path))
+    message = str(raised.value)
+    assert error in message and "`make down` stops them" in message
+    assert ("KMS key" in message and "make clean" in message) is kms_hint
