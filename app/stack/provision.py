@@ -47,12 +47,12 @@ def ensure_buckets(settings: Settings) -> list[str]:
 
 
 def check_readable(settings: Settings) -> None:
-    """List the first object of each bucket. Stored data sealed under another KMS key
+    """List the first object of the models bucket. Stored data sealed under another KMS key
     (a replaced secrets.env) fails here, once and before any worker starts, rather than in
-    every worker's first read: a listing decrypts each object's ETag."""
+    every worker's first read: a listing decrypts each object's ETag. One key seals every
+    bucket, and this one is small (models and API keys), so the check stays fast."""
     client = make_minio(settings)
-    for bucket in settings.buckets:
-        next(iter(client.list_objects(bucket, recursive=True)), None)
+    next(iter(client.list_objects(settings.bucket_models, recursive=True)), None)
 
 
 def provision(settings: Settings) -> dict[str, list[str]]:
