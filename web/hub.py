@@ -71,6 +71,8 @@ class Hub:
         next from Redis and what is published from then on leave no gap between them. While
         Redis is down it gives up after ``limit_s`` (the listener logs the outage)."""
         self._ensure_running()
+        if self._live.is_set():  # the usual case: no timer per long-poll
+            return
         try:
             async with asyncio.timeout(limit_s):
                 await self._live.wait()

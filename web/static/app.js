@@ -657,8 +657,8 @@ function connectEvents() {
     state.liveOpen = true;
     state.sourceRetryMs = 1000;
     setLive("ok", "on");
-    // Read the recent list only now that the stream is live: a result that finished while
-    // the stream was connecting is in the list, and one that finishes later is streamed.
+    // The gallery loads here, each time the stream opens: a result that finished
+    // while the stream was connecting is in the list, and one that finishes later is streamed.
     loadGallery();
     // Results may have finished while the stream was down: check each pending image once.
     if (wasDown) {
@@ -697,6 +697,7 @@ async function explainClosedStream(query) {
     } else {
       ctrl.abort();
       setLive("bad", resp.status === 404 ? "not available" : `off (HTTP ${resp.status})`);
+      loadGallery();   // no stream to open: show the recent list anyway
     }
   } catch {
     setLive("bad", "off (gateway unreachable)");
@@ -848,9 +849,8 @@ function wireKeyForm() {
     saveKey(input.value.trim());
     input.removeAttribute("aria-invalid");
     keyMessage(state.apiKey ? "Key saved; checking…" : "No key set.");
-    connectEvents();
+    connectEvents();   // the gallery loads once the stream is open
     loadModels();
-    loadGallery();
   });
   $("key-toggle").addEventListener("click", (ev) => {
     const show = input.type === "password";
@@ -876,7 +876,6 @@ function main() {
   setInterval(checkReady, READY_POLL_MS);
   setInterval(renderRate, 2000);
   loadModels();
-  loadGallery();
   applyFilter();
   document.documentElement.dataset.ready = "true";   // lets tests know the page is wired
 }
