@@ -3,8 +3,12 @@ SHELL := /bin/bash
 VENV := .venv/bin
 IMAGEREC := $(VENV)/imagerec
 PYTEST_ARGS ?=
+# `make up TOPOLOGY=cluster`: three Kafka nodes, four MinIO nodes, Redis with Sentinel,
+# three workers (docs/OPERATIONS.md). The default is the small single-node stack.
+TOPOLOGY ?= $(or $(IMAGEREC_TOPOLOGY),single)
+export IMAGEREC_TOPOLOGY := $(TOPOLOGY)
 
-.PHONY: install install-browser run up down status test test-unit lint lock bench clean
+.PHONY: install install-browser run up down status test test-unit test-cluster lint lock bench chaos clean
 
 install:
 	@bash scripts/install.sh
@@ -27,6 +31,9 @@ status:
 test: install-browser ## install, start what the tests need, run everything, stop what it started
 	@bash scripts/test.sh $(PYTEST_ARGS)
 
+test-cluster: install ## the cluster topology: replication, failover, chaos (starts and stops it)
+	@bash scripts/test-cluster.sh $(PYTEST_ARGS)
+
 test-unit: install
 	@$(VENV)/pytest -q tests/unit $(PYTEST_ARGS)
 
@@ -40,5 +47,8 @@ bench:
 	@$(VENV)/python bench/engine.py
 	@$(VENV)/python bench/pipeline.py
 
+chaos: ## every fault scenario against a running cluster (make up TOPOLOGY=cluster)
+	@$(VENV)/python bench/chaos.py
+
 clean: down
-	rm -rf .stack/data .stack/logs .stack/run
+	rm -rf .stack/data .stack/data-cluster .stack/logs .stack/run .stack/stack.env

@@ -28,7 +28,7 @@ class KafkaPublisher:
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=get_settings().kafka_bootstrap,
+                    bootstrap_servers=get_settings().kafka_servers,
                     acks="all",
                     enable_idempotence=True,
                     request_timeout_ms=int(SEND_TIMEOUT_S * 1000),

@@ -20,10 +20,10 @@ RECENT_MAX = 500
 
 @lru_cache(maxsize=1)
 def get_redis() -> aioredis.Redis:
-    settings = get_settings()
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
-                                   socket_connect_timeout=2.0, health_check_interval=15,
-                                   max_connections=64)
+    from app.redisconn import redis_client
+
+    return redis_client(get_settings(), socket_timeout=2.0, socket_connect_timeout=2.0,
+                        health_check_interval=15, max_connections=64)
 
 
 async def get_result(image_id: str) -> dict[str, Any] | None:

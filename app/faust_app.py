@@ -9,16 +9,30 @@ from __future__ import annotations
 import os
 
 import faust
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from app.settings import get_settings
 from app.stack.layout import Layout
+
+
+class IdempotentProducer(faust_kafka.Producer):
+    """Faust's producer with idempotence on (it turns it on only inside transactions): when a
+    broker dies after writing a batch but before acknowledging it, the retry to the new
+    leader is recognised and not written twice."""
+
+    def _settings_extra(self):  # noqa: ANN202 - faust's signature
+        return {**super()._settings_extra(), "enable_idempotence": True}
+
+
+# The transport's producer class is its documented extension point (a ClassVar).
+faust_kafka.Transport.Producer = IdempotentProducer
 
 settings = get_settings()
 WORKER_ID = int(os.environ.get("IMAGEREC_WORKER_ID", "1"))
 
 app = faust.App(
     "imagerec",
-    broker=f"kafka://{settings.kafka_bootstrap}",
+    broker=[f"kafka://{server}" for server in settings.kafka_servers],
     store="rocksdb://",
     datadir=str(Layout.from_settings(settings).worker_data(WORKER_ID)),
     web_host=settings.web_host,
@@ -27,7 +41,9 @@ app = faust.App(
     canonical_url=f"http://{settings.advertised_host or settings.web_host}:"
     f"{settings.web_port + WORKER_ID - 1}",
     topic_partitions=settings.topic_partitions,
-    topic_replication_factor=1,
+    # Faust creates its changelog and assignor topics with this; its default of 1 would
+    # leave the table unreplicated on a three-broker cluster.
+    topic_replication_factor=settings.replication,
     producer_acks=-1,
     broker_commit_interval=1.0,
     # Results and changelog writes come in batches; linger turns dozens of tiny produce

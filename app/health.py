@@ -18,7 +18,7 @@ async def check_kafka(settings: Settings, *, require_topics: bool = True) -> dic
     """Fetch cluster metadata and, optionally, confirm our topics exist."""
     from aiokafka import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap,
+    client = AIOKafkaClient(bootstrap_servers=settings.kafka_servers,
                             request_timeout_ms=int(CHECK_TIMEOUT_S * 1000),
                             metadata_max_age_ms=1000)
     try:
@@ -30,7 +30,8 @@ async def check_kafka(settings: Settings, *, require_topics: bool = True) -> dic
             missing = [t for t in settings.topics if t not in meta.topics()]
             if missing:
                 return {"ok": False, "detail": f"missing topics: {', '.join(missing)}"}
-        return {"ok": True, "detail": f"{len(meta.brokers())} broker(s)"}
+        return {"ok": True, "detail": f"{len(meta.brokers())} broker(s)",
+                "brokers": len(meta.brokers())}
     except Exception as exc:  # noqa: BLE001 - the reason is reported, not raised
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:200]}
     finally:
@@ -59,10 +60,10 @@ async def check_s3(settings: Settings) -> dict[str, Any]:
 
 
 async def check_redis(settings: Settings) -> dict[str, Any]:
-    import redis.asyncio as aioredis
+    from app.redisconn import redis_client
 
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=CHECK_TIMEOUT_S,
-                                     socket_connect_timeout=CHECK_TIMEOUT_S)
+    client = redis_client(settings, socket_timeout=CHECK_TIMEOUT_S,
+                          socket_connect_timeout=CHECK_TIMEOUT_S)
     try:
         await client.ping()
         return {"ok": True, "detail": "PONG"}

@@ -18,31 +18,47 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = REPO_ROOT / ".stack"
 
 
-def _secrets_file() -> Path:
+def _env_files() -> tuple[Path, Path]:
+    """Generated secrets, then what the running stack's topology sets (``stack.env``, written
+    by ``imagerec stack up``), so the CLI and tests find a cluster's servers without flags."""
     import os
 
-    return Path(os.environ.get("IMAGEREC_HOME", str(DEFAULT_HOME))) / "secrets.env"
+    home = Path(os.environ.get("IMAGEREC_HOME", str(DEFAULT_HOME)))
+    return home / "secrets.env", home / "stack.env"
 
 
 class Settings(BaseSettings):
     """Every knob of imagerec; see the configuration table in README.md."""
 
     model_config = SettingsConfigDict(
-        env_prefix="IMAGEREC_", env_file=_secrets_file(), extra="ignore"
+        env_prefix="IMAGEREC_", env_file=_env_files(), extra="ignore"
     )
 
     # --- where the local stack keeps its files -------------------------------------
     home: Path = DEFAULT_HOME
 
+    # --- topology of the local stack -------------------------------------------------
+    # "single": one of each server. "cluster": three Kafka nodes (replication 3, min ISR 2),
+    # four MinIO nodes of two drives behind a load balancer, Redis primary + replica + three
+    # Sentinels, three workers with a standby table replica (docs/OPERATIONS.md).
+    topology: Literal["single", "cluster"] = "single"
+
     # --- network endpoints ----------------------------------------------------------
     gateway_url: str = "http://127.0.0.1:8080"
+    # Comma-separated host:port list; any reachable one is enough to find the cluster.
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # One S3 endpoint: a single server, or a load balancer in front of several.
     s3_endpoint: str = "127.0.0.1:9000"
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_access_key: str = ""
     s3_secret_key: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Comma-separated Sentinel host:port list. When set, every client asks the Sentinels for
+    # the current primary of ``redis_sentinel_master`` (redis_url's host is then unused, its
+    # database number still applies), so a failover needs no restart.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "imagerec"
     web_host: str = "127.0.0.1"
     # How other workers reach this one for table routing (a container's hostname under Docker).
     advertised_host: str = ""
@@ -58,6 +74,10 @@ class Settings(BaseSettings):
     topic_results: str = "image-results"
     topic_dlq: str = "image-uploads-dlq"
     topic_partitions: int = 4
+    # Replicas of every topic (ours and Faust's changelogs) and the in-sync replicas an
+    # acks=all write needs; 0 means the topology's value (1/1 single, 3/2 cluster).
+    topic_replication: int = 0
+    topic_min_isr: int = 0
     bucket_input: str = "input-images"
     bucket_processed: str = "processed-images"
     bucket_results: str = "classification-results"
@@ -119,6 +139,29 @@ class Settings(BaseSettings):
     def model_dir(self) -> Path:
         """Converted models are cached here; it survives restarts but not `make clean`."""
         return self.model_cache or (self.home / "models")
+
+    @property
+    def kafka_servers(self) -> list[str]:
+        """``kafka_bootstrap`` as a list, as the Kafka clients take it."""
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """``redis_sentinels`` as (host, port) pairs; empty when Redis is used directly."""
+        out = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if item.strip():
+                out.append((host or "127.0.0.1", int(port or 26379)))
+        return out
+
+    @property
+    def replication(self) -> int:
+        return self.topic_replication or (3 if self.topology == "cluster" else 1)
+
+    @property
+    def min_isr(self) -> int:
+        return self.topic_min_isr or (2 if self.topology == "cluster" else 1)
 
     @property
     def buckets(self) -> list[str]:

@@ -29,10 +29,18 @@ def _fail(exc: Exception) -> None:
 
 @stack.command()
 @click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for ready.")
-def up(timeout: float) -> None:
+@click.option("--topology", type=click.Choice(["single", "cluster"]), default=None,
+              help="single (default) or cluster; same as IMAGEREC_TOPOLOGY.")
+def up(timeout: float, topology: str | None) -> None:
     """Start everything detached; a no-op when already up."""
+    import os
+
     from app.stack.manage import StackError
     from app.stack.manage import up as do_up
+
+    if topology:
+        os.environ["IMAGEREC_TOPOLOGY"] = topology
+        get_settings.cache_clear()
 
     try:
         do_up(wait_timeout_s=timeout)

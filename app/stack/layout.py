@@ -17,10 +17,11 @@ class Layout:
     """Paths derived from the settings; pure, so it is cheap to build anywhere."""
 
     home: Path
+    topology: str = "single"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Layout:
-        return cls(home=Path(settings.home))
+        return cls(home=Path(settings.home), topology=settings.topology)
 
     @property
     def repo(self) -> Path:
@@ -36,7 +37,19 @@ class Layout:
 
     @property
     def data(self) -> Path:
-        return self.home / "data"
+        """Each topology keeps its own data: a cluster's servers cannot read a single node's
+        files (MinIO's erasure sets, Kafka's cluster id), and switching must not lose them."""
+        return self.home / ("data" if self.topology == "single" else f"data-{self.topology}")
+
+    @property
+    def stack_env(self) -> Path:
+        """What the running stack's topology sets (``app.stack.topology``)."""
+        return self.home / "stack.env"
+
+    @property
+    def hold(self) -> Path:
+        """Hold files: a cluster program whose file exists waits before it starts again."""
+        return self.run / "hold"
 
     @property
     def logs(self) -> Path:

@@ -25,7 +25,7 @@ from app.stack import services as svc
 from app.stack.layout import Layout
 from app.stack.secrets import ensure_secrets
 
-INFRA = ("kafka", "minio", "redis")
+INFRA_PRIORITY = 10  # services at or below it are servers, started before provisioning
 
 
 class StackError(RuntimeError):
@@ -36,6 +36,21 @@ def _reload_settings(layout: Layout) -> Settings:
     ensure_secrets(layout.secrets)
     get_settings.cache_clear()
     return get_settings()
+
+
+def _apply_topology(layout: Layout) -> Settings:
+    """Write ``stack.env`` for the topology asked for (``IMAGEREC_TOPOLOGY``, default
+    single), so every program, the CLI and the tests agree on where the servers are."""
+    layout.stack_env.unlink(missing_ok=True)  # a stopped stack's topology does not carry over
+    settings = _reload_settings(layout)
+    if settings.topology == "cluster":
+        from app.stack import cluster
+
+        values = cluster.stack_env(settings)
+        layout.stack_env.write_text("# written by `imagerec stack up`; removed by `down`\n"
+                                    + "".join(f"{k}={v}\n" for k, v in values.items()))
+        settings = _reload_settings(layout)
+    return settings
 
 
 def rpc(layout: Layout) -> xmlrpc.client.ServerProxy:
@@ -92,16 +107,29 @@ def check_installed(layout: Layout) -> None:
         raise StackError(f"not installed: {', '.join(missing)}; run `make install` first")
 
 
-def format_kafka(layout: Layout, props: Path) -> None:
-    """KRaft needs its log dir formatted once with a cluster id."""
-    if (layout.data / "kafka" / "meta.properties").exists():
+def format_kafka(layout: Layout, settings: Settings) -> None:
+    """KRaft needs each node's log dir formatted once, every node with the same cluster id."""
+    if settings.topology == "cluster":
+        from app.stack import cluster
+
+        nodes = [(cluster.kafka_dir(layout, n), layout.run / "cluster" / f"kafka-{n}.properties")
+                 for n in range(1, cluster.KAFKA_NODES + 1)]
+    else:
+        nodes = [(layout.data / "kafka", layout.run / "kafka" / "server.properties")]
+    unformatted = [(d, p) for d, p in nodes if not (d / "meta.properties").exists()]
+    if not unformatted:
         return
-    (layout.data / "kafka").mkdir(parents=True, exist_ok=True)
-    cmd = (f"{svc.java_cmd(layout)} kafka.tools.StorageTool format "
-           f"-t {svc.kafka_cluster_id()} -c {props}")
-    done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise StackError(f"formatting Kafka storage failed: {done.stderr.strip()[-500:]}")
+    if len(unformatted) != len(nodes):
+        raise StackError(f"some Kafka nodes are formatted and some are not "
+                         f"({', '.join(str(d) for d, _ in unformatted)}); `make clean` "
+                         f"starts over")
+    cluster_id = svc.kafka_cluster_id()
+    for data_dir, props in unformatted:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = f"{svc.java_cmd(layout)} kafka.tools.StorageTool format -t {cluster_id} -c {props}"
+        done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed: {done.stderr.strip()[-500:]}")
 
 
 def wait_for(check, what: str, timeout_s: float, layout: Layout | None = None,
@@ -134,6 +162,7 @@ def _http_ok(url: str) -> bool:
 
 
 def _kafka_ready(settings: Settings) -> bool:
+    """Every node registered: topics with three replicas cannot be created on fewer."""
     import asyncio
     import logging
 
@@ -141,19 +170,21 @@ def _kafka_ready(settings: Settings) -> bool:
 
     from app.health import check_kafka
 
-    return asyncio.run(check_kafka(settings, require_topics=False))["ok"]
+    found = asyncio.run(check_kafka(settings, require_topics=False))
+    return found["ok"] and found.get("brokers", 0) >= settings.replication
 
 
 def _redis_ready(settings: Settings) -> bool:
-    import redis
+    from app.redisconn import redis_client
 
-    return bool(redis.Redis.from_url(settings.redis_url, socket_timeout=1).ping())
+    return bool(redis_client(settings, asyncio=False, socket_timeout=1).ping())
 
 
 def build(layout: Layout, settings: Settings) -> list[svc.Service]:
     layout.ensure()
-    (layout.data / "redis").mkdir(parents=True, exist_ok=True)
-    (layout.data / "minio").mkdir(parents=True, exist_ok=True)
+    if settings.topology == "single":
+        (layout.data / "redis").mkdir(parents=True, exist_ok=True)
+        (layout.data / "minio").mkdir(parents=True, exist_ok=True)
     props, log4j = svc.render_kafka(layout, settings)
     nginx_conf = svc.render_nginx(layout, settings, layout.repo / "deploy" / "nginx.conf.tmpl")
     progs = svc.services(layout, settings, props, log4j, nginx_conf)
@@ -166,6 +197,12 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     layout = Layout.from_settings(get_settings())
     if supervisor_running(layout):
+        from app.stack.secrets import read_env_file
+
+        running = read_env_file(layout.stack_env).get("IMAGEREC_TOPOLOGY", "single")
+        if running != get_settings().topology:
+            raise StackError(f"a {running} stack is running; stop it with `make down` before "
+                             f"starting the {get_settings().topology} topology")
         states = process_states(layout)
         not_running = [n for n, s in states.items() if s != "RUNNING"]
         if not not_running:
@@ -180,28 +217,34 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
         _ensure_dev_key(say)
         return True
     check_installed(layout)
-    settings = _reload_settings(layout)
+    settings = _apply_topology(layout)
+    layout = Layout.from_settings(settings)
     progs = build(layout, settings)
     check_ports(progs)
-    format_kafka(layout, layout.run / "kafka" / "server.properties")
+    format_kafka(layout, settings)
     started = time.monotonic()
-    say("starting kafka, minio, redis ...")
+    infra = [p.name for p in progs if p.priority <= INFRA_PRIORITY]
+    say(f"starting {', '.join(infra)} ({settings.topology} topology) ...")
     env = {**os.environ, "IMAGEREC_HOME": str(layout.home)}
     subprocess.run([str(Path(sys.executable).parent / "supervisord"), "-c",
                     str(layout.supervisor_conf)], check=True, env=env)
     wait_for(lambda: supervisor_running(layout), "supervisord", 15)
-    for name in INFRA:
+    for name in infra:
         start_process(layout, name)
-    wait_for(lambda: _redis_ready(settings), "redis", 30, layout, "redis")
-    wait_for(lambda: _http_ok(f"http://{settings.s3_endpoint}/minio/health/ready"),
-             "minio", 60, layout, "minio")
-    wait_for(lambda: _kafka_ready(settings), "kafka", 90, layout, "kafka")
+    first = {prefix: next(n for n in infra if n.startswith(prefix))
+             for prefix in ("redis", "minio", "kafka")}
+    wait_for(lambda: _redis_ready(settings), "redis", 30, layout, first["redis"])
+    # A cluster is ready for writes once enough drives for write quorum answer.
+    health = "cluster" if settings.topology == "cluster" else "ready"
+    wait_for(lambda: _http_ok(f"http://{settings.s3_endpoint}/minio/health/{health}"),
+             "minio", 90, layout, first["minio"])
+    wait_for(lambda: _kafka_ready(settings), "kafka", 120, layout, first["kafka"])
     created = _provision(layout, settings)
     if created["topics"] or created["buckets"]:
         say(f"created topics {created['topics']} and buckets {created['buckets']}")
     say("starting workers, functions and the gateway ...")
     for prog in progs:
-        if prog.name not in INFRA:
+        if prog.name not in infra:
             start_process(layout, prog.name)
     _wait_ready(layout, settings, wait_timeout_s)
     _ensure_dev_key(say)
@@ -258,15 +301,17 @@ def down(*, quiet: bool = False) -> bool:
     # leaves the Kafka group cleanly and the next start waits for no session timeout), then
     # the servers.
     names = [p["name"] for p in infos]
-    groups = [["nginx"], [n for n in names if n.startswith("fn-")],
-              [n for n in names if n.startswith("worker-")], list(INFRA)]
-    for group in groups:
+    front = [["nginx"], [n for n in names if n.startswith("fn-")],
+             [n for n in names if n.startswith("worker-")]]
+    servers = [n for n in names if not any(n in group for group in front)]
+    for group in [*front, servers]:
         _stop_group(layout, [n for n in group if n in names])
     try:
         rpc(layout).supervisor.shutdown()
     except (OSError, xmlrpc.client.Fault):
         pass
     leftovers = _wait_gone([pid, *children], 60)
+    layout.stack_env.unlink(missing_ok=True)
     for stray in leftovers:  # should not happen; never leave a server behind silently
         os.kill(stray, signal.SIGKILL)
     if not quiet:
@@ -338,6 +383,9 @@ def env_lines(settings: Settings) -> list[str]:
         "IMAGEREC_S3_SECRET_KEY": settings.s3_secret_key,
         "IMAGEREC_REDIS_URL": settings.redis_url,
     }
+    if settings.sentinels:
+        values["IMAGEREC_REDIS_SENTINELS"] = settings.redis_sentinels
+        values["IMAGEREC_REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master
     dev_key = layout.home / "dev-api-key"
     if dev_key.exists():
         values["IMAGEREC_API_KEY"] = dev_key.read_text().strip()

@@ -17,15 +17,19 @@ from app.storage import make_minio
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; returns the names that were created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers,
                                 request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [t for t in settings.topics if t not in existing]
         if wanted:
+            # min.insync.replicas per topic as well as on the brokers, so the guarantee
+            # holds on a cluster whose brokers were configured by someone else.
             new = [NewTopic(name=t, num_partitions=settings.topic_partitions,
-                            replication_factor=1) for t in wanted]
+                            replication_factor=settings.replication,
+                            topic_configs={"min.insync.replicas": str(settings.min_isr)})
+                   for t in wanted]
             try:
                 await admin.create_topics(new)
             except TopicAlreadyExistsError:

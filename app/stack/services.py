@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.settings import Settings
@@ -74,7 +74,7 @@ def kafka_cluster_id() -> str:
 
 def render_kafka(layout: Layout, settings: Settings) -> tuple[Path, Path]:
     """Write server.properties and log4j.properties; returns both paths."""
-    _, port = _host_port(settings.kafka_bootstrap, 9092)
+    _, port = _host_port(settings.kafka_servers[0], 9092)
     conf_dir = layout.run / "kafka"
     conf_dir.mkdir(parents=True, exist_ok=True)
     props = conf_dir / "server.properties"
@@ -165,7 +165,10 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
         f"127.0.0.1:{worker_port(settings, i)}" for i in range(1, settings.workers + 1)]
     functions = [f.strip() for f in settings.gateway_functions.split(",") if f.strip()] or [
         f"127.0.0.1:{function_port(settings, i)}" for i in range(len(FUNCTIONS))]
-    upstream = "\n".join(f"        server {w} max_fails=0;" for w in workers)
+    # Cluster: a worker that refuses or drops a connection is skipped for the next one and
+    # rested for a few seconds (passive health checks). Single: never rest the one or two.
+    health = "max_fails=1 fail_timeout=5s" if settings.topology == "cluster" else "max_fails=0"
+    upstream = "\n".join(f"        server {w} {health};" for w in workers)
     is_root = os.geteuid() == 0
     values = {
         "USER_LINE": "user root;" if is_root else "",
@@ -196,17 +199,25 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
     return out
 
 
-def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
-             nginx_conf: Path) -> list[Service]:
-    """The programs supervisord runs, in start order (lower priority starts first)."""
-    _, kafka_port = _host_port(settings.kafka_bootstrap, 9092)
+def _minio_env(settings: Settings, generated: dict[str, str]) -> dict[str, str]:
+    return {
+        "MINIO_ROOT_USER": settings.s3_access_key,
+        "MINIO_ROOT_PASSWORD": settings.s3_secret_key,
+        "MINIO_BROWSER": "off",
+        "MINIO_UPDATE": "off",
+        # The scanner walks every object; see settings.minio_scanner_speed.
+        "MINIO_SCANNER_SPEED": settings.minio_scanner_speed,
+        **iam.minio_kms_env(generated),
+    }
+
+
+def _single_infra(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
+                  generated: dict[str, str]) -> list[Service]:
+    """One Kafka node, one MinIO drive, one Redis."""
+    _, kafka_port = _host_port(settings.kafka_servers[0], 9092)
     _, s3_port = _host_port(settings.s3_endpoint, 9000)
-    py = sys.executable
     minio_bin = layout.bin / "minio"
-    # Each program gets its component's least-privilege MinIO key (app.stack.iam), and MinIO
-    # its KMS key for SSE-S3; all generated into secrets.env before this is rendered.
-    generated = read_env_file(layout.secrets)
-    result = [
+    return [
         Service(
             name="kafka",
             command=f"{java_cmd(layout)} {KAFKA_HEAP} -Dlog4j.configuration=file:{log4j} "
@@ -220,15 +231,7 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             command=f"{minio_bin} server --quiet --address 127.0.0.1:{s3_port} "
             f"--console-address 127.0.0.1:{s3_port + 1} {layout.data / 'minio'}",
             ports=(s3_port, s3_port + 1),
-            env={
-                "MINIO_ROOT_USER": settings.s3_access_key,
-                "MINIO_ROOT_PASSWORD": settings.s3_secret_key,
-                "MINIO_BROWSER": "off",
-                "MINIO_UPDATE": "off",
-                # The scanner walks every object; see settings.minio_scanner_speed.
-                "MINIO_SCANNER_SPEED": settings.minio_scanner_speed,
-                **iam.minio_kms_env(generated),
-            },
+            env=_minio_env(settings, generated),
             priority=10,
         ),
         Service(
@@ -241,6 +244,83 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             priority=10,
         ),
     ]
+
+
+def _cluster_infra(layout: Layout, settings: Settings, log4j: Path,
+                   generated: dict[str, str]) -> list[Service]:
+    """Three Kafka nodes, four MinIO nodes behind a load balancer, Redis with Sentinel."""
+    from app.stack import cluster
+
+    confs = cluster.write_configs(layout, settings)
+    ports = cluster.Ports.from_settings(settings)
+    minio_bin = layout.bin / "minio"
+    endpoints = " ".join(cluster.minio_endpoints(layout, settings))
+    out = [
+        Service(
+            name=f"kafka-{node}",
+            command=f"{java_cmd(layout)} {KAFKA_HEAP} -Dlog4j.configuration=file:{log4j} "
+            f"-Dkafka.logs.dir={layout.logs} kafka.Kafka {confs[f'kafka-{node}']}",
+            ports=(port, port + 1),
+            priority=10,
+            stopwaitsecs=30,
+        )
+        for node, port in enumerate(ports.kafka, start=1)
+    ]
+    out += [
+        Service(
+            name=f"minio-{node}",
+            command=f"{minio_bin} server --quiet --address 127.0.0.1:{port} "
+            f"--console-address 127.0.0.1:{port + 1} {endpoints}",
+            ports=(port, port + 1),
+            # The drives share the root filesystem here; a 1-byte threshold tells MinIO
+            # that no drive of real size is "the root drive" it would otherwise refuse.
+            env={**_minio_env(settings, generated), "MINIO_ROOTDRIVE_THRESHOLD_SIZE": "1"},
+            priority=10,
+        )
+        for node, port in enumerate(ports.minio, start=1)
+    ]
+    out.append(Service(
+        name="s3-lb",
+        command=f"{shutil.which('nginx') or '/usr/sbin/nginx'} -e stderr -c {confs['s3-lb']}",
+        ports=(ports.s3_lb,),
+        priority=10,
+    ))
+    out += [
+        Service(name=f"redis-{node}", command=f"{cluster.redis_server()} {confs[f'redis-{node}']}",
+                ports=(port,), priority=10)
+        for node, port in enumerate(ports.redis, start=1)
+    ]
+    out += [
+        Service(name=f"sentinel-{i}",
+                command=f"{cluster.redis_server()} {confs[f'sentinel-{i}']} --sentinel",
+                ports=(port,), priority=10)
+        for i, port in enumerate(ports.sentinels, start=1)
+    ]
+    return out
+
+
+def with_hold_gate(layout: Layout, progs: list[Service]) -> list[Service]:
+    """Cluster programs start through ``hold-gate.sh`` (see ``app.stack.cluster``), which
+    execs the real program: the pid supervisord sees is the server's own."""
+    gate = layout.run / "cluster" / "hold-gate.sh"
+    return [
+        replace(prog, command=f"/bin/sh {gate} {prog.command}",
+                env={**prog.env, "IMAGEREC_HOLD_FILE": str(layout.hold / prog.name)})
+        for prog in progs
+    ]
+
+
+def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
+             nginx_conf: Path) -> list[Service]:
+    """The programs supervisord runs, in start order (lower priority starts first)."""
+    py = sys.executable
+    # Each program gets its component's least-privilege MinIO key (app.stack.iam), and MinIO
+    # its KMS key for SSE-S3; all generated into secrets.env before this is rendered.
+    generated = read_env_file(layout.secrets)
+    if settings.topology == "cluster":
+        result = _cluster_infra(layout, settings, log4j, generated)
+    else:
+        result = _single_infra(layout, settings, kafka_props, log4j, generated)
     worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     if "IMAGEREC_INFERENCE_THREADS" not in os.environ:
         # Workers share the cores: one inference thread each when there are as many workers
@@ -283,7 +363,7 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             stdout_log="gateway-access.log",  # the access log goes to stdout: rotated
         )
     )
-    return result
+    return with_hold_gate(layout, result) if settings.topology == "cluster" else result
 
 
 def render_supervisor(layout: Layout, progs: list[Service]) -> Path:
