@@ -274,7 +274,10 @@ def _cluster_infra(layout: Layout, settings: Settings, log4j: Path,
             ports=(port, port + 1),
             # The drives share the root filesystem here; a 1-byte threshold tells MinIO
             # that no drive of real size is "the root drive" it would otherwise refuse.
-            env={**_minio_env(settings, generated), "MINIO_ROOTDRIVE_THRESHOLD_SIZE": "1"},
+            env={**_minio_env(settings, generated), "MINIO_ROOTDRIVE_THRESHOLD_SIZE": "1",
+                 # Inside a container (/.dockerenv) MinIO waits for loopback endpoints to
+                 # "resolve to a valid IP" forever, unless told which host:port is its own.
+                 "_MINIO_SERVER_LOCAL": f"127.0.0.1:{port}"},
             priority=10,
         )
         for node, port in enumerate(ports.minio, start=1)
