@@ -94,7 +94,8 @@ async def describe_topic(settings: Settings, topic: str) -> list[dict]:
 
 async def topic_config(settings: Settings, topic: str) -> dict[str, str]:
     """The topic's effective configuration as the brokers report it."""
-    from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers,
                                 request_timeout_ms=5000)
@@ -107,7 +108,7 @@ async def topic_config(settings: Settings, topic: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for response in responses:
         for resource in response.to_object()["resources"]:
-            for entry in resource["configs"]:
+            for entry in resource["config_entries"]:
                 out[entry["config_names"]] = entry["config_value"]
     return out
 
