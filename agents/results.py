@@ -7,6 +7,7 @@ issue 497), and because Redis and webhooks must not slow down inference.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 from app import cache, metrics
@@ -14,6 +15,7 @@ from app import results as res
 from app.callbacks import deliver_later
 from app.faust_app import app
 from app.logs import get_logger
+from app.settings import get_settings
 from app.topics import results_topic
 from tables.results import results_table
 
@@ -33,17 +35,40 @@ def _observe(result: dict) -> None:
         pass
 
 
+class _CacheWrites:
+    """How long a result's Redis write is retried: through a Sentinel failover (a few
+    seconds) when Redis was fine so far, once while it is known to be down, so that an
+    outage longer than a failover costs one attempt per result, not a stall per result."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def window_s(self) -> float:
+        if self.down:
+            return 0.0
+        return 10.0 if get_settings().sentinels else 0.6
+
+
+_cache_writes = _CacheWrites()
+
+
 async def _cache(result: dict, raw: bytes) -> None:
     """Redis is a cache: if it is down, retrieval falls back to the table; retry briefly."""
-    for attempt in range(3):
+    deadline = time.monotonic() + _cache_writes.window_s()
+    delay = 0.2
+    while True:
         try:
             await cache.put_result(result, raw)
+            _cache_writes.down = False
             return
         except Exception as exc:  # noqa: BLE001
-            if attempt == 2:
-                log.warning("result not cached in redis", image_id=result["id"], error=repr(exc))
-            else:
-                await asyncio.sleep(0.2 * (attempt + 1))
+            if time.monotonic() + delay > deadline:
+                _cache_writes.down = True
+                log.warning("result not cached in redis", image_id=result["id"],
+                            error=repr(exc))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 @app.agent(results_topic, concurrency=1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import shutil
 import sys
 import threading
@@ -371,6 +372,8 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=15.0,
                         help="seconds a killed server stays down")
     args = parser.parse_args()
+    # A killed broker is expected; aiokafka's reconnect messages would bury the table.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = get_settings()
     if settings.topology != "cluster":
         sys.exit("chaos: the cluster topology is not running (make up TOPOLOGY=cluster)")
