@@ -32,7 +32,8 @@ from app.stack.layout import Layout
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "imagerec"
 CLUSTER_VALUES = CHART / "ci" / "cluster-values.yaml"
-KUBE_VERSION = "1.30.0"  # the oldest Kubernetes the chart is checked against
+KUBE_VERSION = "1.30.0"  # the oldest Kubernetes the chart supports (Chart.yaml kubeVersion)
+NEWEST_KUBE_VERSION = "1.37.0"  # the newest whose schemas kubernetes-validate 1.37.0 bundles
 NAMESPACE = "imagerec-test"
 RELEASE = "rec"
 # Custom resources: no Kubernetes schema to check them against.
@@ -110,7 +111,8 @@ def _validate_all(docs: list[dict[str, Any]]) -> list[str]:
         if doc["kind"] in CRD_KINDS:
             continue
         # strict: a field the schema does not know (a typo, a wrong level) is an error too
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        for version in (KUBE_VERSION, NEWEST_KUBE_VERSION):
+            kubernetes_validate.validate(doc, version, strict=True)
         checked.append(doc["kind"])
     return checked
 
@@ -449,3 +451,16 @@ def test_gateway_rolls_when_its_config_changes() -> None:
         return deploy["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
     assert checksum() != checksum("--set", "config.rateLimitRps=50")
+
+
+@pytest.mark.parametrize(("args", "threads"), [
+    ((), "1"),
+    (("--set", "workers.resources.requests.cpu=2500m"), "2"),
+    (("--set", "workers.resources.requests.cpu=3"), "3"),
+    (("--set", "workers.inferenceThreads=5"), "5"),
+])
+def test_worker_inference_threads_follow_the_cpu_request(args: tuple[str, ...],
+                                                         threads: str) -> None:
+    """Not the node's core count, which is what a container's os.cpu_count() reports."""
+    _, worker = _worker(render(*args))
+    assert env_map(worker)["IMAGEREC_INFERENCE_THREADS"]["value"] == threads

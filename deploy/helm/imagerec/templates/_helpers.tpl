@@ -186,6 +186,20 @@ init container copies the baked cache into a writable emptyDir first.
       mountPath: /var/cache/imagerec/models
 {{- end -}}
 
+{{/*
+Inference threads for a container: the CPU request, rounded down, at least 1. A container sees
+every core of its node, and one TFLite thread per node core against a CPU limit of two spins
+threads against each other (docs/OPERATIONS.md, "Scaling out").
+*/}}
+{{- define "imagerec.cpuThreads" -}}
+{{- $cpu := toString (dig "requests" "cpu" "1" .) -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- max 1 (div (atoi (trimSuffix "m" $cpu)) 1000) -}}
+{{- else -}}
+{{- max 1 (int (float64 $cpu)) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "imagerec.podSpecCommon" -}}
 serviceAccountName: {{ include "imagerec.serviceAccountName" . }}
 automountServiceAccountToken: false
