@@ -400,7 +400,10 @@ def test_gateway_config_is_the_local_template_with_cluster_names(cluster_docs, t
     chart = _chart_nginx(cluster_docs)
     worker = f"rec-imagerec-worker.{NAMESPACE}.svc.cluster.local:6066"
     fns = [f"rec-imagerec-{f}.{NAMESPACE}.svc.cluster.local:8080" for f in svc.FUNCTIONS]
-    settings = Settings(home=tmp_path, gateway_workers=worker, gateway_functions=",".join(fns),
+    # topology "single": the chart's upstream is one Service, never rested (max_fails=0), as
+    # the single stack's workers are; a cluster stack lists each worker with health checks.
+    settings = Settings(home=tmp_path, topology="single", gateway_workers=worker,
+                        gateway_functions=",".join(fns),
                         gateway_bind="0.0.0.0", gateway_url="http://127.0.0.1:8080",
                         max_upload_bytes=10485760, rate_limit_rps=0.5, rate_limit_burst=20)
     layout = Layout(home=tmp_path)
