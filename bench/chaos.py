@@ -97,9 +97,11 @@ def kafka_rolling(layout: Layout, hold_s: float) -> str:
 
 
 def _minio_ok(port: int) -> bool:
+    """The node is back in the cluster: it sees write quorum, not just listens."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/live", timeout=2) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/cluster",
+                                timeout=2) as r:
         return r.status == 200
 
 
@@ -127,13 +129,14 @@ def minio_drive_wipe(layout: Layout, hold_s: float) -> str:
     drive.mkdir()
     time.sleep(hold_s)
     _wait_back(layout, "minio-3", lambda: _minio_ok(port), 60)
-    target = _objects_on(sibling)
     try:
         healed_s = faults.wait_until(lambda: _objects_on(drive) >= 0.99 * _objects_on(sibling),
                                      300, "healing", every_s=2)
-        healed = f"healed {_objects_on(drive)}/{target} objects in {healed_s:.0f}s"
+        healed = (f"healed in {healed_s:.0f}s ({_objects_on(drive)} objects, its sibling "
+                  f"drive {_objects_on(sibling)})")
     except TimeoutError:
-        healed = f"NOT healed in 300s ({_objects_on(drive)}/{target} objects)"
+        healed = (f"NOT healed in 300s ({_objects_on(drive)} objects, its sibling drive "
+                  f"{_objects_on(sibling)})")
     return f"killed minio-3, wiped {drive.name} ({before} objects), restarted; {healed}"
 
 
