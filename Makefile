@@ -29,7 +29,8 @@ status:
 	@$(IMAGEREC) stack status
 
 test: install-browser ## install, start what the tests need, run everything, stop what it started
-	@bash scripts/test.sh $(PYTEST_ARGS)
+	@IMAGEREC_TOPOLOGY=single bash scripts/test.sh $(PYTEST_ARGS)
+	@CLUSTER_OPTIONAL=1 bash scripts/test-cluster.sh
 
 test-cluster: install ## the cluster topology: replication, failover, chaos (starts and stops it)
 	@bash scripts/test-cluster.sh $(PYTEST_ARGS)

@@ -149,10 +149,10 @@ class Settings(BaseSettings):
     def sentinels(self) -> list[tuple[str, int]]:
         """``redis_sentinels`` as (host, port) pairs; empty when Redis is used directly."""
         out = []
-        for item in self.redis_sentinels.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if item.strip():
-                out.append((host or "127.0.0.1", int(port or 26379)))
+        for item in (i.strip() for i in self.redis_sentinels.split(",")):
+            if item:
+                host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+                out.append((host or "127.0.0.1", int(port)))
         return out
 
     @property

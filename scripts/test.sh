@@ -6,6 +6,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 IMAGEREC=.venv/bin/imagerec
 started=0
+if $IMAGEREC stack status >/dev/null 2>&1 && \
+   grep -q '^IMAGEREC_TOPOLOGY=cluster' "${IMAGEREC_HOME:-.stack}/stack.env" 2>/dev/null; then
+  echo "test: a cluster stack is running; these tests need the single one. Run \`make down\` first" \
+       "(\`make test-cluster\` tests the cluster)." >&2
+  exit 1
+fi
 if ! $IMAGEREC stack status >/dev/null 2>&1; then
   $IMAGEREC stack up || { echo "test: the stack failed to start; logs in .stack/logs" >&2
                           $IMAGEREC stack down >/dev/null 2>&1; exit 1; }

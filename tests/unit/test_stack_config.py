@@ -146,3 +146,94 @@ def test_a_failed_provisioning_says_what_to_do(tmp_path, monkeypatch, error: str
     message = str(raised.value)
     assert error in message and "`make down` stops them" in message
     assert ("KMS key" in message and "make clean" in message) is kms_hint
+
+
+def _cluster(tmp_path) -> tuple[Settings, Layout, list[svc.Service]]:
+    from app.stack import cluster
+
+    base = Settings(home=tmp_path, topology="cluster")
+    settings = Settings(home=tmp_path, topology="cluster",
+                        **{k.removeprefix("IMAGEREC_").lower(): v
+                           for k, v in cluster.stack_env(base).items()
+                           if k != "IMAGEREC_TOPOLOGY"})
+    layout = Layout.from_settings(settings)
+    layout.ensure()
+    ensure_secrets(layout.secrets)
+    progs = svc.services(layout, settings, tmp_path / "k.properties", tmp_path / "log4j",
+                         tmp_path / "nginx.conf")
+    return settings, layout, progs
+
+
+def test_cluster_settings_name_lists() -> None:
+    settings = Settings(kafka_bootstrap="10.0.0.1:9092, 10.0.0.2:9092,10.0.0.3",
+                        redis_sentinels="s1:26379,s2:26380,s3", topology="cluster")
+    assert settings.kafka_servers == ["10.0.0.1:9092", "10.0.0.2:9092", "10.0.0.3"]
+    assert settings.sentinels == [("s1", 26379), ("s2", 26380), ("s3", 26379)]
+    assert (settings.replication, settings.min_isr) == (3, 2)
+    assert (Settings().replication, Settings().min_isr) == (1, 1)
+    assert Settings(topology="cluster", topic_replication=5).replication == 5
+
+
+def test_cluster_programs_are_replicated_and_use_distinct_ports_and_dirs(tmp_path) -> None:
+    settings, layout, progs = _cluster(tmp_path)
+    names = [p.name for p in progs]
+    for expected in ("kafka-1", "kafka-2", "kafka-3", "minio-1", "minio-4", "s3-lb",
+                     "redis-1", "redis-2", "sentinel-1", "sentinel-3", "worker-3", "nginx"):
+        assert expected in names
+    assert "kafka" not in names and "worker-4" not in names
+    ports = [port for p in progs for port in p.ports]
+    assert len(ports) == len(set(ports)), "two programs share a port"
+    assert layout.data == tmp_path / "data-cluster"
+    # every program starts through the hold gate, with its own hold file
+    assert all(p.command.startswith("/bin/sh ") and "hold-gate.sh" in p.command for p in progs)
+    assert len({p.env["IMAGEREC_HOLD_FILE"] for p in progs}) == len(progs)
+
+
+def test_cluster_kafka_nodes_form_one_quorum_with_three_replicas(tmp_path) -> None:
+    _, layout, _ = _cluster(tmp_path)
+    texts = [(layout.run / "cluster" / f"kafka-{n}.properties").read_text() for n in (1, 2, 3)]
+    conf = [dict(line.split("=", 1) for line in t.splitlines() if "=" in line
+                 and not line.startswith("#")) for t in texts]
+    assert [c["node.id"] for c in conf] == ["1", "2", "3"]
+    assert len({c["controller.quorum.voters"] for c in conf}) == 1
+    assert conf[0]["controller.quorum.voters"].count("@") == 3
+    assert len({c["log.dirs"] for c in conf}) == 3
+    for c in conf:
+        assert c["default.replication.factor"] == c["offsets.topic.replication.factor"] == "3"
+        assert c["min.insync.replicas"] == c["transaction.state.log.min.isr"] == "2"
+        assert c["unclean.leader.election.enable"] == "false"
+
+
+def test_cluster_minio_nodes_share_one_explicit_drive_list(tmp_path) -> None:
+    _, _, progs = _cluster(tmp_path)
+    minio = [p for p in progs if p.name.startswith("minio-")]
+    lists = [[a for a in p.command.split() if a.startswith("http://")] for p in minio]
+    assert len(minio) == 4 and all(lst == lists[0] for lst in lists)
+    assert len(lists[0]) == len(set(lists[0])) == 8  # 4 nodes x 2 drives, no ellipsis
+    assert not any("{" in a for a in lists[0])
+    # each node knows which endpoint is its own (MinIO inside a container needs it)
+    own = {p.env["_MINIO_SERVER_LOCAL"] for p in minio}
+    assert len(own) == 4 and all(any(f"//{o}/" in a for a in lists[0]) for o in own)
+
+
+def test_cluster_redis_has_a_replica_and_three_sentinels(tmp_path) -> None:
+    settings, layout, _ = _cluster(tmp_path)
+    conf = layout.run / "cluster"
+    primary, replica = (conf / "redis-1.conf").read_text(), (conf / "redis-2.conf").read_text()
+    assert "replicaof" not in primary
+    assert "replicaof 127.0.0.1 6379" in replica
+    for i in (1, 2, 3):
+        text = (conf / f"sentinel-{i}.conf").read_text()
+        assert f"sentinel monitor {settings.redis_sentinel_master} 127.0.0.1 6379 2" in text
+    assert settings.sentinels == [("127.0.0.1", 6381), ("127.0.0.1", 6382),
+                                  ("127.0.0.1", 6383)]
+
+
+def test_cluster_gateway_rests_a_failing_worker_and_the_s3_balancer_never(tmp_path) -> None:
+    settings, layout, _ = _cluster(tmp_path)
+    gateway = svc.render_nginx(layout, settings,
+                               layout.repo / "deploy" / "nginx.conf.tmpl").read_text()
+    assert gateway.count("max_fails=1 fail_timeout=5s") == 2 * settings.workers
+    s3 = (layout.run / "s3-lb" / "nginx.conf").read_text()
+    assert s3.count("max_fails=0") == 4
+    assert "proxy_set_header Host $http_host" in s3  # S3 signatures cover the Host header
