@@ -65,6 +65,8 @@ class Outcome:
     drain_s: float = 0.0
     note: str = ""
     lost_ids: list[str] = field(default_factory=list)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # per accepted image, above idle
+    idle_pct: dict[str, float] = field(default_factory=dict)  # % of one core with no load
 
 
 # --- faults ---------------------------------------------------------------------------------
@@ -174,7 +176,13 @@ def worker_rolling(layout: Layout, hold_s: float) -> str:
     return "restarted worker-1..3 one by one, ready after " + ", ".join(f"{t:.0f}s" for t in took)
 
 
+def baseline(layout: Layout, hold_s: float) -> str:
+    time.sleep(hold_s)
+    return "no fault: the steady load alone (CPU per image below)"
+
+
 SCENARIOS: dict[str, Callable[[Layout, float], str]] = {
+    "baseline": baseline,
     "kafka-leader-kill": kafka_leader_kill,
     "minio-node-kill": minio_node_kill,
     "minio-drive-wipe": minio_drive_wipe,
@@ -313,6 +321,55 @@ def _read_all(bootstrap: str, topic: str, start: dict[int, int], ends: dict[int,
                      until=lambda records: len(records) >= total, timeout_s=60)
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (nginx's worker under its master)."""
+    import os
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def component_cpu_s(layout: Layout) -> dict[str, float]:
+    """CPU seconds used so far by this stack's own programs and their children (not by
+    anything else on the machine), by component: ``kafka-2`` counts as ``kafka``."""
+    import os
+
+    from app.stack.manage import rpc
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for info in rpc(layout).supervisor.getAllProcessInfo():
+        if not info["pid"]:
+            continue
+        component = info["name"].rsplit("-", 1)[0] if info["name"][-1].isdigit() \
+            else info["name"]
+        for pid in (info["pid"], *_children(info["pid"])):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[component] = out.get(component, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def idle_cpu_rate(layout: Layout, seconds: float) -> dict[str, float]:
+    """CPU seconds per second each component uses with no load (scanners, heartbeats,
+    replication fetches), to take out of the per-image figures."""
+    before, start = component_cpu_s(layout), time.monotonic()
+    time.sleep(seconds)
+    after, took = component_cpu_s(layout), time.monotonic() - start
+    return {k: (after[k] - before.get(k, 0.0)) / took for k in after}
+
+
 def run_scenario(name: str, rate: float, duration_s: float, fault_at_s: float, hold_s: float,
                  photos: list[bytes]) -> Outcome:
     settings = get_settings()
@@ -322,6 +379,8 @@ def run_scenario(name: str, rate: float, duration_s: float, fault_at_s: float, h
               for t in (CHANGELOG, settings.topic_results)}
     stop = threading.Event()
     note: list[str] = []
+    idle = idle_cpu_rate(layout, 15) if name == "baseline" else {}
+    cpu_before, cpu_start = component_cpu_s(layout), time.monotonic()
 
     def inject() -> None:
         time.sleep(fault_at_s)
@@ -344,6 +403,11 @@ def run_scenario(name: str, rate: float, duration_s: float, fault_at_s: float, h
     out.other_5xx = sum(1 for s in sent if s.status >= 500 and s.status != 503 or s.status == 0)
     out.max_unavailable_s = _max_unavailable(sent)
     finals, out.drain_s = asyncio.run(_final_results(base, key, accepted, 300))
+    if accepted:
+        after, took = component_cpu_s(layout), time.monotonic() - cpu_start
+        out.cpu_ms = {k: (after[k] - cpu_before.get(k, 0.0) - idle.get(k, 0.0) * took)
+                      * 1000 / len(accepted) for k in after}
+        out.idle_pct = {k: v * 100 for k, v in idle.items()}
     copies = _tiers(accepted, starts)
     for image_id in accepted:
         tiers = copies[image_id]
@@ -396,6 +460,19 @@ def main() -> None:
         print(f"  {outcome.note}", flush=True)
         if outcome.lost_ids:
             print(f"  lost: {outcome.lost_ids[:10]}", flush=True)
+    for o in outcomes:
+        if o.scenario == "baseline" and o.cpu_ms:
+            print("CPU by component, this stack's processes only (baseline): ms per image "
+                  "above idle, and % of a core at idle")
+            for component, ms in sorted(o.cpu_ms.items(), key=lambda kv: -kv[1]):
+                print(f"  {component:20} {ms:7.2f} ms  {o.idle_pct.get(component, 0):6.1f} %")
+            print(f"  {'total':20} {sum(o.cpu_ms.values()):7.2f} ms  "
+                  f"{sum(o.idle_pct.values()):6.1f} %")
+            from app.stack.manage import process_rss_mb
+
+            rss = process_rss_mb(Layout.from_settings(settings))
+            print(f"memory after the run: {sum(rss.values()):.0f} MB resident in "
+                  f"{len(rss)} processes")
     header = (f"{'scenario':20} {'accepted':>8} {'lost':>5} {'conflict':>8} {'failed':>6} "
               f"{'503s':>5} {'other5xx':>8} {'max503_s':>8} {'drain_s':>7} {'uncached':>8}")
     print(header)

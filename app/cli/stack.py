@@ -72,14 +72,18 @@ def run() -> None:
 def status() -> None:
     """Show each service's state."""
     from app.stack.layout import Layout
-    from app.stack.manage import process_states, supervisor_running
+    from app.stack.manage import process_rss_mb, process_states, supervisor_running
 
     layout = Layout.from_settings(get_settings())
     if not supervisor_running(layout):
         click.echo("imagerec is not running")
         sys.exit(3)
+    rss = process_rss_mb(layout)
     for name, state in sorted(process_states(layout).items()):
-        click.echo(f"{name:24} {state}")
+        memory = f"{rss[name]:8.0f} MB" if name in rss else ""
+        click.echo(f"{name:24} {state:10} {memory}")
+    click.echo(f"{'total':24} {'':10} {sum(rss.values()):8.0f} MB  "
+               f"({get_settings().topology} topology)")
 
 
 @stack.command()

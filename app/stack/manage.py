@@ -77,6 +77,21 @@ def start_process(layout: Layout, name: str, wait: bool = False) -> None:
             raise
 
 
+def process_rss_mb(layout: Layout) -> dict[str, float]:
+    """Resident memory of each running program (its own process; none of ours fork)."""
+    out: dict[str, float] = {}
+    for info in rpc(layout).supervisor.getAllProcessInfo():
+        if not info["pid"]:
+            continue
+        try:
+            for line in Path(f"/proc/{info['pid']}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[info["name"]] = int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return out
+
+
 def process_states(layout: Layout) -> dict[str, str]:
     return {p["name"]: p["statename"] for p in rpc(layout).supervisor.getAllProcessInfo()}
 
