@@ -18,6 +18,7 @@ import redis
 from app import names
 from app import results as res
 from app.ids import new_image_id
+from app.redisconn import redis_client
 from app.settings import get_settings
 from app.stack.layout import Layout
 from app.stack.manage import ctl, rpc
@@ -37,7 +38,7 @@ def store(settings) -> ObjectStore:
 
 @pytest.fixture(scope="module")
 def rds(settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
+    return redis_client(settings, asyncio=False)
 
 
 def run_fresh(coro: Coroutine[Any, Any, T]) -> T:

@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
+from app.redisconn import redis_client
 from app.stack.layout import Layout
 from app.stack.manage import ctl
 from app.storage import make_minio
@@ -60,7 +60,7 @@ def test_minio_put_get_delete(settings, gateway) -> None:
 
 
 def test_redis_set_with_ttl(settings, gateway) -> None:
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_client(settings, asyncio=False)
     key = f"imagerec:stack-test:{uuid.uuid4()}"
     r.set(key, b"v", ex=30)
     assert r.get(key) == b"v"
