@@ -100,16 +100,18 @@ def kafka_rolling(layout: Layout, hold_s: float) -> str:
 
 def _minio_ok(port: int) -> bool:
     """The node is back in the cluster: it sees write quorum, not just listens."""
-    import urllib.request
+    return faults.minio_node_ok(port, "cluster")
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/cluster",
-                                timeout=2) as r:
-        return r.status == 200
+
+def _minio_settle() -> None:
+    """One fault at a time: wait until every node sees all its peers again."""
+    faults.wait_until(lambda: faults.minio_settled(get_settings()), 180, "MinIO settled")
 
 
 def minio_node_kill(layout: Layout, hold_s: float) -> str:
     settings = get_settings()
     port = cluster.Ports.from_settings(settings).minio[1]
+    _minio_settle()
     faults.wait_gone(faults.kill(layout, "minio-2"))
     time.sleep(hold_s)
     took = _wait_back(layout, "minio-2", lambda: _minio_ok(port), 60)
@@ -125,6 +127,7 @@ def minio_drive_wipe(layout: Layout, hold_s: float) -> str:
     settings = get_settings()
     port = cluster.Ports.from_settings(settings).minio[2]
     drive, sibling = cluster.minio_drives(layout, 3)
+    _minio_settle()
     faults.wait_gone(faults.kill(layout, "minio-3"))
     before = _objects_on(drive)
     shutil.rmtree(drive)
@@ -399,8 +402,11 @@ def run_scenario(name: str, rate: float, duration_s: float, fault_at_s: float, h
     out = Outcome(scenario=name, note=note[0] if note else "")
     accepted = [s.image_id for s in sent if s.image_id]
     out.accepted = len(accepted)
-    out.refused_503 = sum(1 for s in sent if s.status == 503)
-    out.other_5xx = sum(1 for s in sent if s.status >= 500 and s.status != 503 or s.status == 0)
+    out.refused_503 = sum(1 for s in sent if s.status == 503 and s.retry_after)
+    # a 503 without Retry-After counts as any other server error, as does no answer at all
+    out.other_5xx = sum(1 for s in sent if s.status >= 500 and not (s.status == 503
+                                                                     and s.retry_after)
+                        or s.status == 0)
     out.max_unavailable_s = _max_unavailable(sent)
     finals, out.drain_s = asyncio.run(_final_results(base, key, accepted, 300))
     if accepted:

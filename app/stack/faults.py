@@ -134,6 +134,32 @@ def fully_replicated(settings: Settings, topics: list[str]) -> bool:
         return False
 
 
+# --- MinIO ----------------------------------------------------------------------------------
+
+def minio_node_ok(port: int, check: str = "cluster?maintenance=true") -> bool:
+    """MinIO's own answer for one node; with ``maintenance=true``: could this node go down
+    now and writes still have quorum, as this node sees its peers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/{check}",
+                                    timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def minio_settled(settings: Settings) -> bool:
+    """Every node could be taken down for maintenance: each one sees all its peers' drives,
+    so one more node may die without writes losing quorum. A node that was just restarted
+    answers health checks before its peers have reconnected to it; killing another node in
+    that window took writes below quorum (503s) in a test run."""
+    from app.stack.cluster import Ports
+
+    return all(minio_node_ok(port) for port in Ports.from_settings(settings).minio)
+
+
 # --- Redis ----------------------------------------------------------------------------------
 
 def redis_primary(settings: Settings) -> str:

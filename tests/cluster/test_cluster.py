@@ -69,6 +69,8 @@ def test_objects_are_readable_and_writable_with_any_one_minio_node_down(settings
     try:
         for node, port in enumerate(ports.minio, start=1):
             name = f"minio-{node}"
+            # one node down at a time: the previous one is back in every peer's view
+            faults.wait_until(lambda: faults.minio_settled(settings), 120, "MinIO settled")
             faults.wait_gone(faults.kill(layout, name))
             with pytest.raises(OSError):
                 _minio_live(port)  # really down, not just slow
@@ -78,7 +80,6 @@ def test_objects_are_readable_and_writable_with_any_one_minio_node_down(settings
             written[key] = f"written while {name} was down".encode() * 100
             store.put_bytes(bucket, key, written[key])
             faults.release(layout, name)
-            # back in the cluster (not just listening) before the next node goes down
             faults.wait_until(lambda port=port: _minio_live(port, "cluster"), 60,
                               f"{name} back")
         for key, data in written.items():  # and all of it with every node back
