@@ -176,7 +176,8 @@ def s3_lb_conf(layout: Layout, settings: Settings) -> str:
     """Nginx in front of the MinIO nodes: one S3 endpoint that outlives any one node.
 
     Requests keep their Host header (S3 signatures cover it); a node that refuses or drops a
-    connection, or answers 502-504, is skipped for the next one. No node is ever rested
+    connection, or answers 404 or 502-504, is skipped for the next one (a true miss costs
+    one request per node). No node is ever rested
     (``max_fails=0``): on loopback a refused connection costs microseconds, while resting
     nodes after a node's restart (when its peers briefly answer 503) left none to try, and
     every request in those seconds failed. Across real hosts, where a dead host costs a
@@ -215,7 +216,9 @@ http {{
             proxy_request_buffering on;
             proxy_connect_timeout 1s;
             proxy_read_timeout 60s;
-            proxy_next_upstream error timeout http_502 http_503 http_504;
+            # 404 too: a node that rejoined answers NoSuchKey for objects written while it
+            # was away, until they are healed, where its peers serve them.
+            proxy_next_upstream error timeout http_404 http_502 http_503 http_504;
             proxy_next_upstream_tries {len(ports.minio)};
             chunked_transfer_encoding off;
         }}
