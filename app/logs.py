@@ -8,11 +8,52 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import structlog
 
 from app.settings import get_settings
+
+
+class RepeatFilter(logging.Filter):
+    """Kafka client lines pass once per ``window_s`` per message template.
+
+    While a broker is down aiokafka logs the same connection error several times a second in
+    every process (a 15-second broker outage left about 2,800 such lines across three
+    workers); the first line says what happened, the next one after the window says how many
+    were left out."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka"),
+                 window_s: float = 30.0) -> None:
+        super().__init__()
+        self.prefixes, self.window_s = prefixes, window_s
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        last, left_out = self._seen.get(key, (float("-inf"), 0))
+        if now - last < self.window_s:
+            self._seen[key] = (last, left_out + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if left_out:
+            record.msg = f"{record.msg} [{left_out} more like it in the last " \
+                         f"{self.window_s:.0f}s left out]"
+        return True
+
+
+def _component_only(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Library lines get the process's component, not the request or image a background
+    task happened to inherit its context from (aiokafka's sender runs in the context of
+    the request that started the producer)."""
+    component = structlog.contextvars.get_contextvars().get("component")
+    if component:
+        event.setdefault("component", component)
+    return event
 
 
 def configure_logging(component: str) -> None:
@@ -40,8 +81,9 @@ def configure_logging(component: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processor=renderer,
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[_component_only, *shared[1:], structlog.stdlib.ExtraAdder()],
     ))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
