@@ -33,6 +33,16 @@ def redis_dedup(sha256: str, model_name: str, model_version: str) -> str:
     return f"{PREFIX}:dedup:{model_name}:{model_version}:{sha256}"
 
 
+def redis_callback(image_id: str) -> str:
+    """The webhook's delivery state (app.callbacks)."""
+    return f"{PREFIX}:callback:{image_id}"
+
+
+def redis_recent_tenant(tenant: str) -> str:
+    """One tenant's recent list; ``REDIS_RECENT`` holds every tenant's (admins read it)."""
+    return f"{PREFIX}:recent:t:{tenant}"
+
+
 REDIS_RECENT = f"{PREFIX}:recent"
 REDIS_CHANNEL = f"{PREFIX}:results"
 REDIS_RECONCILED_UNTIL = f"{PREFIX}:reconciled-until"
