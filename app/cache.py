@@ -37,7 +37,10 @@ async def get_result(image_id: str) -> dict[str, Any] | None:
 # more client CPU than the rest of its work on each result.
 _PUT_RESULT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2]) end
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
+  if ARGV[7] == '1' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[2]) end
+end
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 redis.call('DEL', KEYS[4])
@@ -66,15 +69,20 @@ async def put_result(result: dict[str, Any], data: bytes, ttl_s: int | None = No
     dedup_key = (names.redis_dedup(result["sha256"], model["name"], model["version"])
                  if dedup else names.redis_dedup("-", "-", "-"))
     tenant = result.get("tenant") or ""
+    tenant_dedup = (names.redis_dedup(result["sha256"], model["name"], model["version"],
+                                      tenant) if dedup and tenant else dedup_key)
     await _put_result_script()(
         keys=[names.redis_result(result["id"]), dedup_key, names.REDIS_RECENT,
-              names.redis_processing(result["id"]), names.redis_recent_tenant(tenant or "-")],
+              names.redis_processing(result["id"]), names.redis_recent_tenant(tenant or "-"),
+              tenant_dedup],
         args=[data, ttl, "1" if dedup else "0",
               result["id"], RECENT_MAX, names.REDIS_CHANNEL, "1" if tenant else "0"])
 
 
-async def find_duplicate(sha256: str, model_name: str, model_version: str) -> str | None:
-    raw = await get_redis().get(names.redis_dedup(sha256, model_name, model_version))
+async def find_duplicate(sha256: str, model_name: str, model_version: str,
+                         tenant: str | None = None) -> str | None:
+    """An image id with these bytes and this model: ``tenant``'s own, or any tenant's."""
+    raw = await get_redis().get(names.redis_dedup(sha256, model_name, model_version, tenant))
     return raw.decode() if raw else None
 
 

@@ -70,23 +70,25 @@ async def _s3(call: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(call, *args)
 
 
-async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, Any] | None:
-    """A finished result for the same bytes and the current model version, if Redis has one."""
+async def find_existing(sha256: str, model_ref: ModelRef | None,
+                        tenant: str) -> dict[str, Any] | None:
+    """A finished result for the same bytes and the current model version, if Redis has one:
+    ``tenant``'s own if there is one, else any tenant's (whose labels may be reused)."""
     if model_ref is None:
         return None
     try:
         ref = await model_ref()
         if ref is None:
             return None
-        image_id = await cache.find_duplicate(sha256, *ref)
-        if image_id is None:
-            return None
-        found = await cache.get_result(image_id)
+        for owner in (tenant, None):
+            image_id = await cache.find_duplicate(sha256, *ref, tenant=owner)
+            if image_id is None:
+                continue
+            found = await cache.get_result(image_id)
+            if found and found.get("status") == "done":
+                return found
     except Exception as exc:  # noqa: BLE001 - a cache miss, never a failed upload
         log.warning("dedup lookup failed", error=repr(exc))
-        return None
-    if found and found.get("status") == "done":
-        return found
     return None
 
 
@@ -108,7 +110,7 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
     fmt, width, height = imaging.inspect(data)
     sha256 = hashlib.sha256(data).hexdigest()
 
-    existing = await find_existing(sha256, model_ref)
+    existing = await find_existing(sha256, model_ref, tenant)
     reuse_of: str | None = None
     if existing is not None and existing.get("tenant") == tenant:
         log.info("duplicate upload answered from cache", image_id=existing["id"])

@@ -28,9 +28,14 @@ def redis_processing(image_id: str) -> str:
     return f"{PREFIX}:processing:{image_id}"
 
 
-def redis_dedup(sha256: str, model_name: str, model_version: str) -> str:
-    """Same content + same model version = same answer; the value is the image id."""
-    return f"{PREFIX}:dedup:{model_name}:{model_version}:{sha256}"
+def redis_dedup(sha256: str, model_name: str, model_version: str,
+                tenant: str | None = None) -> str:
+    """Same content + same model version = same answer; the value is the image id.
+
+    Without ``tenant``: the latest such image of any tenant (whose labels another tenant's
+    upload may reuse); with it: that tenant's own (answered as a duplicate)."""
+    base = f"{PREFIX}:dedup:{model_name}:{model_version}:{sha256}"
+    return base if tenant is None else f"{base}:t:{tenant}"
 
 
 def redis_callback(image_id: str) -> str:

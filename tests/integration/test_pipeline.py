@@ -457,42 +457,19 @@ def test_leader_records_where_its_reconciler_pass_stopped(settings, rds) -> None
     assert mark <= time.time() - settings.reconcile_grace_s + 1
 
 
-def test_callback_url_receives_the_signed_result(gateway, settings) -> None:
+def test_callback_url_receives_the_signed_result(gateway, settings, receiver) -> None:  # noqa: ANN001
     import hashlib
     import hmac
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    got: list[tuple[dict, bytes]] = []
-    arrived = threading.Event()
+    import urllib3
 
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append((dict(self.headers), body))
-            self.send_response(204)
-            self.end_headers()
-            arrived.set()
-
-        def log_message(self, *args) -> None:  # noqa: ANN002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        import urllib3
-
-        fields = {"file": ("p.jpg", photo_variants(1, seed=8080 + int(time.time()))[0],
-                           "image/jpeg"), "callback_url": url}
-        body, ctype = urllib3.encode_multipart_formdata(fields)
-        reply = gateway.post_raw("/v1/images", body, ctype)
-        assert reply.status == 202, reply.body
-        image_id = reply.json()["id"]
-        assert arrived.wait(60), "the webhook never arrived"
-    finally:
-        server.shutdown()
-    headers, payload = got[0]
+    fields = {"file": ("p.jpg", photo_variants(1, seed=8080 + int(time.time()))[0],
+                       "image/jpeg"), "callback_url": receiver.url}
+    body, ctype = urllib3.encode_multipart_formdata(fields)
+    reply = gateway.post_raw("/v1/images", body, ctype)
+    assert reply.status == 202, reply.body
+    image_id = reply.json()["id"]
+    headers, payload = receiver.received.get(timeout=60)
     result = json.loads(payload)
     assert result["id"] == image_id and result["status"] == "done"
     assert "callback_url" not in result
