@@ -91,6 +91,15 @@ def parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _rate(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiKeyError(f"rate limit must be a positive whole number per second, not "
+                          f"{value!r}")
+    return value
+
+
 def parse_scopes(value: str | Iterable[str] | None) -> tuple[str, ...]:
     """``"upload,read"`` (or a list) as a tuple in canonical order; unknown scopes refused."""
     if value is None:
@@ -119,6 +128,9 @@ class KeyRecord:
     tenant: str = ""
     scopes: tuple[str, ...] = field(default=DEFAULT_SCOPES)
     expires: str | None = None
+    # Requests per second for this key, on top of the gateway's limit for every key;
+    # None: only the gateway's (IMAGEREC_RATE_LIMIT_RPS).
+    rate_limit: int | None = None
     v: int = 2
 
     def __post_init__(self) -> None:
@@ -164,7 +176,8 @@ class KeyRecord:
                        created=str(data.get("created", "")), revoked=data.get("revoked"),
                        tenant=str(data.get("tenant") or name),
                        scopes=parse_scopes(scopes) if scopes is not None else DEFAULT_SCOPES,
-                       expires=data.get("expires"), v=int(data.get("v", 1)))
+                       expires=data.get("expires"),
+                       rate_limit=_rate(data.get("rate_limit")), v=int(data.get("v", 1)))
         except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError,
                 ApiKeyError) as exc:
             raise ValueError(f"malformed API key record: {exc!r}") from exc
@@ -290,17 +303,20 @@ class KeyStore:
                              "application/json")
 
     def create(self, name: str, *, replace_active: bool = False, tenant: str | None = None,
-               scopes: str | Iterable[str] | None = None, expires: str | None = None) -> str:
+               scopes: str | Iterable[str] | None = None, expires: str | None = None,
+               rate_limit: int | None = None) -> str:
         """Store a new key under ``name`` and return the key (the only time it is seen).
 
         A revoked name may be reused; an active one only with ``replace_active`` (rotation:
         the old key stops working within ``CACHE_TTL_S``). ``tenant`` defaults to ``name``,
-        ``scopes`` to ``upload,read``; ``expires`` is an ISO 8601 time.
+        ``scopes`` to ``upload,read``; ``expires`` is an ISO 8601 time; ``rate_limit`` is
+        this key's own limit in requests per second (``web.auth`` enforces it).
         """
         check_name(name)
         tenant = check_tenant(tenant or name)
         scope_tuple = parse_scopes(scopes)
         when = parse_time(expires)
+        rate = _rate(rate_limit)
         expires_iso = (when.astimezone(UTC).isoformat(timespec="seconds").replace(
             "+00:00", "Z") if when else None)
         existing = self.get(name)
@@ -310,7 +326,7 @@ class KeyStore:
         key = new_key()
         self._put(KeyRecord(name=name, hash=hash_key(key, self.settings.api_key_pepper),
                             created=now_iso(), tenant=tenant, scopes=scope_tuple,
-                            expires=expires_iso))
+                            expires=expires_iso, rate_limit=rate))
         return key
 
     def revoke(self, name: str) -> KeyRecord:
@@ -492,5 +508,6 @@ def ensure_dev_key(settings: Settings | None = None,
 def format_records(records: Iterable[KeyRecord]) -> list[dict[str, Any]]:
     """What ``keys list`` shows: never the hash, never the key."""
     return [{"name": r.name, "tenant": r.tenant, "scopes": ",".join(r.scopes),
+             "rate_limit": r.rate_limit,
              "created": r.created, "expires": r.expires, "revoked": r.revoked,
              "active": r.active and not r.expired()} for r in records]

@@ -48,6 +48,11 @@ def redis_recent_tenant(tenant: str) -> str:
     return f"{PREFIX}:recent:t:{tenant}"
 
 
+def redis_rate(key_name: str, second: int) -> str:
+    """A key's request count in one second (app.ratelimit)."""
+    return f"{PREFIX}:rate:{key_name}:{second}"
+
+
 REDIS_RECENT = f"{PREFIX}:recent"
 REDIS_CHANNEL = f"{PREFIX}:results"
 REDIS_RECONCILED_UNTIL = f"{PREFIX}:reconciled-until"

@@ -212,10 +212,11 @@ def make_tenant_key(settings, keystore, gateway):  # noqa: ANN001, ANN201
     run = uuid.uuid4().hex[:8]
 
     def make(purpose: str, tenant: str | None = None, scopes: str | None = None,
-             expires: str | None = None) -> TenantKey:
+             expires: str | None = None, rate_limit: int | None = None) -> TenantKey:
         name = f"test-{purpose}-{uuid.uuid4().hex[:8]}"
         tenant_name = f"t-{tenant}-{run}" if tenant else name
-        key = keystore.create(name, tenant=tenant_name, scopes=scopes, expires=expires)
+        key = keystore.create(name, tenant=tenant_name, scopes=scopes, expires=expires,
+                              rate_limit=rate_limit)
         made.append(name)
         # A worker re-reads the store for an unknown key at most every MISS_REFRESH_S: past
         # that, the new key works on every worker.

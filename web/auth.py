@@ -5,7 +5,9 @@ Nginx sends a body-less GET subrequest to ``/internal/auth`` for every ``/v1/`` 
 plus ``X-Api-Key-Name``, ``X-Api-Tenant`` and ``X-Api-Scopes`` (nginx forwards them to the
 upstream; see ``app.tenancy``), 401 plus ``X-Auth-Error`` (unknown, revoked or expired key;
 nginx turns it into the JSON 401), or 403 when the key lacks the scope the request needs
-(``app.apikeys.required_scope``: a read-only key cannot upload). A store outage with
+(``app.apikeys.required_scope``: a read-only key cannot upload). A key over its own rate
+limit (``app.ratelimit``) gets a 403 marked ``rate_limited``, which nginx answers as its 429
+(auth_request passes on only 401 and 403). A store outage with
 nothing cached is a 503, which nginx turns into its JSON 503. The path is not routed by the
 public listener; the workers themselves only listen on loopback.
 """
@@ -20,6 +22,7 @@ import structlog
 from aiohttp import web
 from faust.web import View
 
+from app import ratelimit
 from app.apikeys import ADMIN_SCOPES, KeyCache, StoreUnavailable, extract_key, required_scope
 from app.faust_app import app, settings
 from app.logs import get_logger
@@ -77,6 +80,9 @@ class AuthCheck(View):
                                 request.headers.get("X-Original-URI", ""))
         if needed not in record.scopes:
             return web.Response(status=403, headers={"X-Auth-Error": f"scope:{needed}",
+                                                     "Cache-Control": "no-store"})
+        if record.rate_limit and not await ratelimit.allow(record.name, record.rate_limit):
+            return web.Response(status=403, headers={"X-Auth-Error": "rate_limited",
                                                      "Cache-Control": "no-store"})
         return web.Response(status=204, headers={"X-Api-Key-Name": record.name,
                                                  **auth_headers(record.tenant, record.scopes)})

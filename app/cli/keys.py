@@ -64,14 +64,17 @@ def keys() -> None:
                    "endpoints).")
 @click.option("--expires", default=None,
               help="When the key stops working (ISO 8601, e.g. 2027-01-31T00:00:00Z).")
+@click.option("--rate-limit", type=click.IntRange(min=1), default=None,
+              help="This key's own limit in requests per second (the gateway's limit for "
+                   "every key applies too).")
 @click.option("--replace", "replace_active", is_flag=True,
               help="Rotate: issue a new key for a name that already has an active one.")
 def create(name: str, tenant: str | None, scopes: str, expires: str | None,
-           replace_active: bool) -> None:
+           rate_limit: int | None, replace_active: bool) -> None:
     """Print a new key on stdout (one line; it is shown only this once)."""
     with _key_store_errors():
         key = _keystore().create(name, replace_active=replace_active, tenant=tenant,
-                                 scopes=scopes, expires=expires)
+                                 scopes=scopes, expires=expires, rate_limit=rate_limit)
     click.echo(key)
 
 

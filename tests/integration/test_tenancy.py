@@ -264,3 +264,21 @@ def test_a_revoked_key_is_refused_within_seconds(make_tenant_key, keystore) -> N
         streak = streak + 1 if who.gateway.get("/v1/images").status == 401 else 0
         assert time.monotonic() - revoked_at < 10, "the revoked key still works"
         time.sleep(0.1)
+
+
+def test_a_key_with_its_own_rate_limit_gets_429_and_others_do_not(make_tenant_key) -> None:  # noqa: ANN001
+    slow = make_tenant_key("slow", rate_limit=3)
+    other = make_tenant_key("other")
+    path = "/v1/images/notanid"  # a cheap 404 from the worker once past the gateway
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: slow.gateway.get(path), range(24)))
+    statuses = [r.status for r in replies]
+    assert set(statuses) <= {404, 429}, statuses
+    assert statuses.count(429) >= 1 and statuses.count(404) >= 1, statuses
+    limited = next(r for r in replies if r.status == 429)
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert "its own limit" in limited.json()["error"]["message"]
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert other.gateway.get(path).status == 404  # the limit is this key's alone
+    time.sleep(1.2)
+    assert slow.gateway.get(path).status == 404

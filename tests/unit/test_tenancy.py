@@ -134,3 +134,13 @@ def test_malformed_upload_events_are_bad_events(patch: dict) -> None:
             "created_at": res.now_iso(), **patch}
     with pytest.raises(res.BadEvent):
         res.UploadEvent.from_bytes(json.dumps(data).encode())
+
+
+def test_a_key_may_carry_its_own_rate_limit(keystore) -> None:  # noqa: ANN001
+    record = keystore.verify(keystore.create("limited", rate_limit=5))
+    assert record.rate_limit == 5
+    assert KeyRecord.from_bytes(record.to_bytes()).rate_limit == 5
+    assert keystore.verify(keystore.create("free")).rate_limit is None
+    for bad in (0, -1, 2.5, "5", True):
+        with pytest.raises(ApiKeyError):
+            keystore.create(f"bad-{len(str(bad))}", rate_limit=bad)  # type: ignore[arg-type]
