@@ -10,6 +10,13 @@ the message only once delivery ended (delivered, refused, or given up). A worker
 during a backoff therefore leaves the message uncommitted, and whichever worker owns the
 partition next delivers it, resuming the attempt count from the delivery state.
 
+One deliverer at a time: a partition can move while a delivery is in its backoff (a worker
+restarts, the group rebalances) and then two workers hold the same message. Each delivery
+first claims a lease in Redis (renewed while it runs, expiring ``LEASE_S`` after its holder
+died); the other one waits until the delivery ended, or until the lease expired and it can
+take over, and only then acks its copy. If Redis is down the delivery goes ahead anyway:
+at least once beats not at all.
+
 Delivery state (attempts, last status, outcome) is kept in Redis next to the result, with
 the same TTL, and shown by ``GET /v1/images/{id}`` as ``delivery``. Before each attempt the
 target is vetted again (``app.netguard``: DNS answers can change), the connection goes only
@@ -22,6 +29,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import uuid
 from typing import Any
 
 import aiohttp
@@ -35,6 +43,19 @@ log = get_logger(__name__)
 
 FINAL_STATES = ("delivered", "refused", "blocked", "gave_up")
 MAX_BACKOFF_S = 300.0
+LEASE_S = 15  # a dead deliverer's lease expires after this; a live one renews it
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -74,6 +95,42 @@ async def _save_quietly(image_id: str, state: dict[str, Any]) -> None:
         log.warning("callback state not saved", image_id=image_id, error=repr(exc)[:200])
 
 
+async def claim(image_id: str, token: str) -> bool:
+    """Take or renew the delivery lease; True if ours (or if Redis cannot say)."""
+    try:
+        return bool(await cache.get_redis().eval(_CLAIM, 1, names.redis_callback_lease(image_id),
+                                                 token, LEASE_S))
+    except Exception as exc:  # noqa: BLE001 - fail open: a duplicate beats a lost webhook
+        log.warning("callback lease unavailable", image_id=image_id, error=repr(exc)[:200])
+        return True
+
+
+async def release(image_id: str, token: str) -> None:
+    try:
+        await cache.get_redis().eval(_RELEASE, 1, names.redis_callback_lease(image_id), token)
+    except Exception:  # noqa: BLE001 - it expires by itself
+        pass
+
+
+async def _load_quietly(image_id: str) -> dict[str, Any] | None:
+    try:
+        return await load_state(image_id)
+    except Exception as exc:  # noqa: BLE001 - unknown history
+        log.warning("callback state unreadable", image_id=image_id, error=repr(exc)[:200])
+        return None
+
+
+async def _sleep_holding(image_id: str, token: str, seconds: float) -> bool:
+    """Sleep, renewing the lease; False if it was lost meanwhile (another took over)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while (left := until - loop.time()) > 0:
+        await asyncio.sleep(min(left, LEASE_S / 3))
+        if not await claim(image_id, token):
+            return False
+    return True
+
+
 def public_state(state: dict[str, Any]) -> dict[str, Any]:
     """What ``GET /v1/images/{id}`` shows as ``delivery``."""
     keys = ("state", "attempts", "last_status", "last_error", "last_attempt_at",
@@ -111,11 +168,34 @@ async def _attempt(url: str, body: bytes, headers: dict[str, str], allow_nets: s
         return _Outcome(None, repr(exc)[:200], None)
 
 
-async def deliver(result: dict[str, Any], *, base_delay_s: float | None = None) -> str:
+async def deliver(result: dict[str, Any], *, base_delay_s: float | None = None,
+                  wait_s: float = 1.0) -> str:
     """Deliver one result's webhook; returns the final state.
 
     Resumes from the stored state: attempts already made count, a delivered or refused
-    webhook is not sent again (a redelivered Kafka message after a rebalance)."""
+    webhook is not sent again. Waits while another worker holds the delivery lease."""
+    token = uuid.uuid4().hex
+    while not await claim(result["id"], token):
+        state = await _load_quietly(result["id"])
+        if state and state.get("state") in FINAL_STATES:
+            return str(state["state"])
+        await asyncio.sleep(wait_s)  # another worker delivers it: wait for it to end or die
+    try:
+        # Read with the lease held: a deliverer that just finished saved its outcome first.
+        state = await _load_quietly(result["id"])
+        if state and state.get("state") in FINAL_STATES:
+            return str(state["state"])
+        outcome = await _deliver_holding(result, token, state or {}, base_delay_s)
+    finally:
+        await release(result["id"], token)
+    if outcome is None:  # the lease was lost: whoever holds it now goes on; wait for it
+        return await deliver(result, base_delay_s=base_delay_s, wait_s=wait_s)
+    return outcome
+
+
+async def _deliver_holding(result: dict[str, Any], token: str, state: dict[str, Any],
+                           base_delay_s: float | None) -> str | None:
+    """The attempts, with the lease held; None if the lease was lost during a backoff."""
     settings = get_settings()
     base = settings.callback_backoff_s if base_delay_s is None else base_delay_s
     image_id, url = result["id"], result["callback_url"]
@@ -123,13 +203,6 @@ async def deliver(result: dict[str, Any], *, base_delay_s: float | None = None) 
     signature = sign(body, settings.callback_secret)
     headers = {"Content-Type": "application/json", "X-Imagerec-Signature": signature,
                "X-Imagerec-Image-Id": image_id}
-    try:
-        state = await load_state(image_id)
-    except Exception as exc:  # noqa: BLE001 - unknown history: start counting again
-        log.warning("callback state unreadable", image_id=image_id, error=repr(exc)[:200])
-        state = {}
-    if state.get("state") in FINAL_STATES:
-        return str(state["state"])
     state.update(state="pending", signature=signature)
     state.setdefault("attempts", 0)
     while state["attempts"] < settings.callback_attempts:
@@ -137,7 +210,8 @@ async def deliver(result: dict[str, Any], *, base_delay_s: float | None = None) 
         if wait:
             state["next_attempt_at"] = res.iso_in(wait)
             await _save_quietly(image_id, state)
-            await asyncio.sleep(wait)
+            if not await _sleep_holding(image_id, token, wait):
+                return None
         outcome = await _attempt(url, body, headers, settings.callback_allow_nets,
                                  settings.callback_timeout_s)
         state.update(attempts=state["attempts"] + 1, last_status=outcome.status,

@@ -43,6 +43,11 @@ def redis_callback(image_id: str) -> str:
     return f"{PREFIX}:callback:{image_id}"
 
 
+def redis_callback_lease(image_id: str) -> str:
+    """Which worker delivers this webhook now (app.callbacks)."""
+    return f"{PREFIX}:callback-lease:{image_id}"
+
+
 def redis_recent_tenant(tenant: str) -> str:
     """One tenant's recent list; ``REDIS_RECENT`` holds every tenant's (admins read it)."""
     return f"{PREFIX}:recent:t:{tenant}"

@@ -17,6 +17,7 @@ import redis
 
 from app import names
 from app import results as res
+from app.apikeys import DEV_KEY_NAME
 from app.ids import new_image_id
 from app.settings import get_settings
 from app.stack.layout import Layout
@@ -247,7 +248,7 @@ def test_garbage_and_missing_objects_do_not_stop_the_agent(gateway, settings) ->
     dlq_start = end_offsets(settings.kafka_bootstrap, settings.topic_dlq)
     garbage = b"\x00\xffnot json at all " + uuid.uuid4().bytes
     missing = res.UploadEvent(id=new_image_id(), sha256="0" * 64, format="jpeg", size=10,
-                              created_at=res.now_iso())
+                              created_at=res.now_iso(), tenant=DEV_KEY_NAME)
     produce(settings.kafka_bootstrap, settings.topic_uploads,
             [(b"garbage", garbage), (missing.id.encode(), missing.to_bytes())])
     after = gateway.upload(photo_variants(1, seed=int(time.time()) % 9999 + 5)[0])
@@ -271,7 +272,8 @@ def test_minio_down_answers_503_and_queued_events_complete_later(gateway, settin
         import hashlib
 
         event = res.UploadEvent(id=new_image_id(), sha256=hashlib.sha256(data).hexdigest(),
-                                format="jpeg", size=len(data), created_at=res.now_iso())
+                                format="jpeg", size=len(data), created_at=res.now_iso(),
+                                tenant=DEV_KEY_NAME)  # the development key's tenant
         store.put_bytes(settings.bucket_input, names.original_key(event.id), data,
                         "image/jpeg")
         events.append(event)
@@ -402,7 +404,8 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
     data = photo_variants(1, seed=5150 + int(time.time()))[0]
     old = str(ULID.from_timestamp(time.time() - settings.reconcile_grace_s - 60))
     store.put_bytes(settings.bucket_input, names.original_key(old), data, "image/jpeg",
-                    {"sha256": hashlib.sha256(data).hexdigest(), "created-at": res.now_iso()})
+                    {"sha256": hashlib.sha256(data).hexdigest(), "created-at": res.now_iso(),
+                     "tenant": DEV_KEY_NAME})
     assert gateway.get(f"/v1/images/{old}").json()["status"] == "queued"
 
     until = time.time() - settings.reconcile_grace_s
@@ -410,6 +413,7 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
     assert run_fresh(reconcile_once(store, settings, since, until)) >= 1
     result = gateway.wait_done(old)
     assert result["status"] == "done" and result["labels"]
+    assert result["tenant"] == DEV_KEY_NAME  # the reconciler keeps the uploader's tenant
     assert old not in run_fresh(find_orphans(store, settings, since, until))
 
 

@@ -120,16 +120,44 @@ def test_a_pending_webhook_survives_its_worker_being_killed(gateway, settings) -
     hook.start()
     try:
         headers, body = hook.received.get(timeout=180)
+        assert headers["X-Imagerec-Image-Id"] == image_id
+        assert headers["X-Imagerec-Signature"] == pending["signature"]
+        assert headers["X-Imagerec-Signature"] == sign(body, settings.callback_secret)
+        after = _worker_pids(settings)
+        assert set(after.values()).isdisjoint(before.values()), "the workers were not replaced"
+        delivered = _delivery(gateway, image_id, lambda d: d.get("state") == "delivered")
+        assert delivered["attempts"] > pending["attempts"]
     finally:
         hook.stop()
-    assert headers["X-Imagerec-Image-Id"] == image_id
-    assert headers["X-Imagerec-Signature"] == pending["signature"]
-    assert headers["X-Imagerec-Signature"] == sign(body, settings.callback_secret)
-    after = _worker_pids(settings)
-    assert set(after.values()).isdisjoint(before.values()), "the workers were not replaced"
-    delivered = _delivery(gateway, image_id, lambda d: d.get("state") == "delivered")
-    assert delivered["attempts"] > pending["attempts"]
     deadline = time.monotonic() + 120
     while gateway.get("/readyz", key=False).status != 200:
         assert time.monotonic() < deadline, "the stack did not recover"
         time.sleep(0.5)
+
+
+def test_two_workers_holding_the_same_webhook_send_it_once(settings, receiver) -> None:  # noqa: ANN001
+    """After a rebalance two workers may hold one pending message: the Redis lease lets one
+    deliver while the other waits for the outcome (real Redis, real receiver)."""
+    import asyncio
+
+    from app import callbacks
+    from app import results as res
+    from app.cache import get_redis
+    from app.ids import new_image_id
+
+    event = res.UploadEvent(id=new_image_id(), sha256="0" * 64, format="jpeg", size=1,
+                            created_at=res.now_iso(), callback_url=receiver.url, tenant="t")
+    result = res.done(event, {"name": "m", "version": "1"}, [], res.Timings())
+
+    async def both() -> list[str]:
+        try:
+            return list(await asyncio.gather(callbacks.deliver(result, wait_s=0.1),
+                                             callbacks.deliver(result, wait_s=0.1)))
+        finally:
+            await get_redis().aclose()
+
+    get_redis.cache_clear()
+    assert asyncio.run(both()) == ["delivered", "delivered"]
+    get_redis.cache_clear()
+    time.sleep(1.0)
+    assert receiver.received.qsize() == 1
