@@ -146,3 +146,26 @@ def test_a_failed_provisioning_says_what_to_do(tmp_path, monkeypatch, error: str
     message = str(raised.value)
     assert error in message and "`make down` stops them" in message
     assert ("KMS key" in message and "make clean" in message) is kms_hint
+
+
+def test_stack_env_prints_no_storage_secret_and_admin_never_root(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from app.stack.manage import env_lines
+
+    for name in ("IMAGEREC_S3_ADMIN_ACCESS_KEY", "IMAGEREC_S3_ADMIN_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    values = ensure_secrets(layout.secrets)
+    (tmp_path / "dev-api-key").write_text("irk_dev\n")
+    settings = Settings(home=tmp_path, s3_access_key=values["IMAGEREC_S3_ACCESS_KEY"],
+                        s3_secret_key=values["IMAGEREC_S3_SECRET_KEY"])
+    plain = "\n".join(env_lines(settings))
+    assert "IMAGEREC_GATEWAY_URL" in plain and "irk_dev" in plain
+    assert "IMAGEREC_S3" not in plain
+    for value in values.values():
+        assert value not in plain
+    admin = "\n".join(env_lines(settings, admin=True))
+    assert values["IMAGEREC_S3_ADMIN_ACCESS_KEY"] in admin
+    assert values["IMAGEREC_S3_ADMIN_SECRET_KEY"] in admin
+    assert values["IMAGEREC_S3_SECRET_KEY"] not in admin
+    assert values["IMAGEREC_S3_ACCESS_KEY"] not in admin
