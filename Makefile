@@ -4,7 +4,7 @@ VENV := .venv/bin
 IMAGEREC := $(VENV)/imagerec
 PYTEST_ARGS ?=
 
-.PHONY: install install-browser run up down status test test-unit lint lock bench clean
+.PHONY: install install-browser run up down status test test-unit lint lock bench fuzz clean
 
 install:
 	@bash scripts/install.sh
@@ -39,6 +39,9 @@ lock:
 bench:
 	@$(VENV)/python bench/engine.py
 	@$(VENV)/python bench/pipeline.py
+
+fuzz: install ## atheris on image inspection/decoding and the upload event parser (FUZZ_SECONDS each)
+	@PYTHONPATH=$(CURDIR) $(VENV)/python -m fuzz.run --seconds $(or $(FUZZ_SECONDS),60)
 
 clean: down
 	rm -rf .stack/data .stack/logs .stack/run
