@@ -43,3 +43,18 @@ def test_random_bytes_all_go_to_the_dlq_and_the_agent_keeps_serving(gateway, set
     reply = gateway.upload(photo_variants(1, seed=int(time.time()))[0])
     assert reply.status == 202, reply.body[:300]
     assert gateway.wait_done(reply.json()["id"])["status"] == "done"
+
+
+def test_the_fuzzed_tiff_is_a_clean_422_and_a_failed_result(gateway) -> None:  # noqa: ANN001
+    """The input atheris found (tests/unit/test_imaging.py) through the real paths: the sync
+    classifier answers 422, an upload ends as a failed result, nothing answers 5xx."""
+    from tests.unit.test_imaging import TIFF_ASCII_STRIP_OFFSETS
+
+    sync = gateway.post_raw("/v1/classify", TIFF_ASCII_STRIP_OFFSETS, "image/tiff")
+    assert sync.status == 422 and sync.json()["error"]["code"] == "undecodable", sync.body
+    fn = gateway.post_raw("/function/image-classifier", TIFF_ASCII_STRIP_OFFSETS, "image/tiff")
+    assert fn.status == 422, fn.body
+    up = gateway.post_raw("/v1/images", TIFF_ASCII_STRIP_OFFSETS, "image/tiff")
+    assert up.status in (200, 202), up.body
+    result = gateway.wait_done(up.json()["id"])
+    assert result["status"] == "failed" and result["error"]["code"] == "undecodable", result
