@@ -40,14 +40,18 @@ def _unknown_404(gateway: Gateway, suffix: str = "") -> tuple[int, bytes]:
 
 
 class Stream:
-    """One SSE connection in a thread, collecting result ids until closed."""
+    """One SSE connection in a thread, collecting result ids until closed.
+
+    The read timeout is longer than the server's 15 s keep-alive, so a quiet stream never
+    times out; ``close()`` shuts the socket, which ends the blocked read."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.ids: list[str] = []
         self.tenants: list[str] = []
+        self.error: BaseException | None = None
         self.open = threading.Event()
-        self._stop = threading.Event()
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=3), retries=False)
+        self._closing = False
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=40), retries=False)
         self._resp = http.request("GET", gateway.base + "/v1/events", preload_content=False,
                                   headers={"Authorization": f"Bearer {gateway.api_key}"})
         assert self._resp.status == 200, self._resp.status
@@ -57,12 +61,8 @@ class Stream:
     def _read(self) -> None:
         buf = b""
         try:
-            while not self._stop.is_set():
-                try:
-                    chunk = self._resp.read1(65536) if hasattr(self._resp, "read1") else \
-                        self._resp.read(1024)
-                except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                    continue
+            while True:
+                chunk = self._resp.read1(65536)
                 if not chunk:
                     return
                 buf += chunk
@@ -75,12 +75,18 @@ class Stream:
                             data = json.loads(line[6:])
                             self.ids.append(data["id"])
                             self.tenants.append(data.get("tenant", ""))
-        except Exception:  # noqa: BLE001 - closed under us at the end of the test
-            return
+        except Exception as exc:  # noqa: BLE001 - reported by check() unless we closed it
+            if not self._closing:
+                self.error = exc
+
+    def check(self) -> None:
+        assert self.error is None, f"the event stream broke: {self.error!r}"
 
     def close(self) -> None:
-        self._stop.set()
+        self._closing = True
+        self._resp.shutdown()
         self._resp.release_conn()
+        self._thread.join(5)
 
 
 def test_tenants_see_only_their_own_images_and_an_admin_sees_both(make_tenant_key) -> None:  # noqa: ANN001
@@ -152,6 +158,8 @@ def test_recent_lists_and_event_streams_stay_within_a_tenant(make_tenant_key) ->
     finally:
         for stream in streams.values():
             stream.close()
+    for stream in streams.values():
+        stream.check()
     assert mine["a"] <= set(streams["a"].ids), "A's stream missed A's own results"
     assert mine["b"] <= set(streams["b"].ids), "B's stream missed B's own results"
     assert set(streams["a"].tenants) == {a.tenant}, "A's stream carried another tenant's"
@@ -282,3 +290,27 @@ def test_a_key_with_its_own_rate_limit_gets_429_and_others_do_not(make_tenant_ke
     assert other.gateway.get(path).status == 404  # the limit is this key's alone
     time.sleep(1.2)
     assert slow.gateway.get(path).status == 404
+
+
+def test_a_key_stored_before_tenants_existed_keeps_working(settings, keystore) -> None:  # noqa: ANN001
+    """A version-1 record (no tenant, no scopes), as older releases wrote it: upload,read in a
+    tenant of its own name, through the real gateway."""
+    import uuid
+
+    from app import apikeys
+
+    name = f"test-legacy-{uuid.uuid4().hex[:8]}"
+    key = apikeys.new_key()
+    record = {"name": name, "hash": apikeys.hash_key(key, settings.api_key_pepper),
+              "created": "2026-01-01T00:00:00.000Z", "revoked": None, "v": 1}
+    keystore.store.put_bytes(keystore.bucket, apikeys.object_key(name),
+                             json.dumps(record).encode(), "application/json")
+    try:
+        time.sleep(apikeys.MISS_REFRESH_S + 0.1)
+        legacy = Gateway(settings.gateway_url, key)
+        reply = legacy.upload(fresh(1)[0])
+        assert reply.status == 202, reply.body[:300]
+        assert legacy.wait_done(reply.json()["id"])["tenant"] == name
+        assert legacy.get("/v1/admin/anything").status == 403  # not an admin
+    finally:
+        keystore.delete(name)
