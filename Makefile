@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 TOPOLOGY ?= $(or $(IMAGEREC_TOPOLOGY),single)
 export IMAGEREC_TOPOLOGY := $(TOPOLOGY)
 
-.PHONY: install install-browser run up down status test test-unit test-cluster lint lock bench chaos clean
+.PHONY: install install-browser run up down status test test-unit test-cluster lint lock bench chaos fuzz clean
 
 install:
 	@bash scripts/install.sh
@@ -50,6 +50,9 @@ bench:
 
 chaos: ## every fault scenario against a running cluster (make up TOPOLOGY=cluster)
 	@$(VENV)/python bench/chaos.py
+
+fuzz: install ## atheris on image inspection/decoding and the upload event parser (FUZZ_SECONDS each)
+	@PYTHONPATH=$(CURDIR) $(VENV)/python -m fuzz.run --seconds $(or $(FUZZ_SECONDS),60)
 
 clean: down
 	rm -rf .stack/data .stack/data-cluster .stack/logs .stack/run .stack/stack.env

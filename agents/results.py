@@ -1,4 +1,4 @@
-"""The results agent: one event at a time into the table, Redis and the webhook.
+"""The results agent: one event at a time into the table, Redis and the webhook queue.
 
 Separate from the classify agent because table writes inside ``take()`` raise (faust-streaming
 issue 497), and because Redis and webhooks must not slow down inference.
@@ -12,11 +12,10 @@ from datetime import datetime
 
 from app import cache, metrics
 from app import results as res
-from app.callbacks import deliver_later
 from app.faust_app import app
 from app.logs import get_logger
 from app.settings import get_settings
-from app.topics import results_topic
+from app.topics import callbacks_topic, results_topic
 from tables.results import results_table
 
 log = get_logger(__name__)
@@ -71,6 +70,25 @@ async def _cache(result: dict, raw: bytes) -> None:
             delay = min(delay * 2, 1.0)
 
 
+async def _queue_callback(image_id: str, raw: bytes) -> None:
+    """Hand the webhook to the durable queue (``agents.callbacks``); wait for Kafka's ack, so
+    that once this result message is acked, its webhook cannot be lost. Retried while Kafka
+    is briefly away; if it stays away the exception escapes and the worker restarts."""
+    delay = 0.2
+    for attempt in range(8):
+        try:
+            fut = await callbacks_topic.send(key=image_id.encode(), value=raw)
+            await fut
+            return
+        except Exception as exc:  # noqa: BLE001
+            if attempt == 7:
+                raise
+            log.warning("callback not queued yet; retrying", image_id=image_id,
+                        error=repr(exc)[:200])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @app.agent(results_topic, concurrency=1)
 async def store_results(stream):  # noqa: ANN001 - faust.StreamT
     async for raw in stream:
@@ -84,4 +102,4 @@ async def store_results(stream):  # noqa: ANN001 - faust.StreamT
         await _cache(result, raw)
         _observe(result)
         if result.get("callback_url"):
-            deliver_later(result)
+            await _queue_callback(image_id, raw)

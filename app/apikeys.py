@@ -10,6 +10,12 @@ slow password hash would buy nothing (there is no dictionary to guess from) and 
 CPU on every request; the pepper (``IMAGEREC_API_KEY_PEPPER``, kept outside the bucket) means a
 leaked bucket alone does not even allow checking a candidate key offline.
 
+Tenants and scopes. Every key belongs to a tenant (default: the key's own name) and carries
+scopes: ``upload``, ``read`` and ``admin`` (default ``upload,read``). A tenant sees only its own
+images; ``admin`` sees every tenant and may use the operator endpoints. Records written
+before tenants existed (``v`` 1) read as ``upload,read`` in a tenant named after the key, so
+existing keys keep working unchanged. An optional expiry makes a key stop working by itself.
+
 Checking. Workers hold every key's hash in memory (``KeyCache``) and re-read the store every
 ``CACHE_TTL_S`` seconds, so a check is a dict lookup and a revocation takes effect within a few
 seconds everywhere. An unknown key re-reads it at most every ``MISS_REFRESH_S`` (so a new key
@@ -27,7 +33,8 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +50,9 @@ CACHE_TTL_S = 3.0  # a revocation takes effect on every worker within this
 MISS_REFRESH_S = 0.5  # an unknown key re-reads the store at most this often (new keys)
 DEV_KEY_NAME = "dev"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+SCOPES = ("upload", "read", "admin")
+DEFAULT_SCOPES = ("upload", "read")
+ADMIN_SCOPES = SCOPES  # an admin may do everything a tenant may, in every tenant
 # What a key can look like: our own keys are irk_ + 43 URL-safe chars. Anything far outside
 # that is refused before hashing, so a huge header costs nothing.
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-.~+/=]{16,256}$")
@@ -69,31 +79,107 @@ class StoreLike(Protocol):
     def delete(self, bucket: str, key: str) -> None: ...
 
 
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time (``Z`` or an offset; a bare date is midnight UTC), or None."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiKeyError(f"invalid time {value!r}: use ISO 8601, e.g. 2027-01-31T00:00:00Z"
+                          ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _rate(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiKeyError(f"rate limit must be a positive whole number per second, not "
+                          f"{value!r}")
+    return value
+
+
+def parse_scopes(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"upload,read"`` (or a list) as a tuple in canonical order; unknown scopes refused."""
+    if value is None:
+        return DEFAULT_SCOPES
+    items = value.split(",") if isinstance(value, str) else list(value)
+    wanted = {s.strip().lower() for s in items if s.strip()}
+    if not wanted:
+        raise ApiKeyError("a key needs at least one scope: upload, read or admin")
+    if unknown := sorted(wanted - set(SCOPES)):
+        raise ApiKeyError(f"unknown scope(s) {', '.join(unknown)}: use upload, read, admin")
+    if "admin" in wanted:
+        return ADMIN_SCOPES
+    return tuple(s for s in SCOPES if s in wanted)
+
+
 @dataclass(frozen=True)
 class KeyRecord:
-    """What is stored per key: never the key itself."""
+    """What is stored per key: never the key itself.
+
+    ``tenant`` empty means the key's own name (records from before tenants existed)."""
 
     name: str
     hash: str
     created: str
     revoked: str | None = None
-    v: int = 1
+    tenant: str = ""
+    scopes: tuple[str, ...] = field(default=DEFAULT_SCOPES)
+    expires: str | None = None
+    # Requests per second for this key, on top of the gateway's limit for every key;
+    # None: only the gateway's (IMAGEREC_RATE_LIMIT_RPS).
+    rate_limit: int | None = None
+    v: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.tenant:
+            object.__setattr__(self, "tenant", self.name)
+        object.__setattr__(self, "scopes", tuple(self.scopes))
 
     @property
     def active(self) -> bool:
         return self.revoked is None
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """True once the expiry passed; a malformed stored expiry counts as expired."""
+        if not self.expires:
+            return False
+        try:
+            when = parse_time(self.expires)
+        except ApiKeyError:
+            return True
+        return when is not None and (now or datetime.now(UTC)) >= when
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> KeyRecord:
-        """Parse a stored record; anything malformed is a ValueError (never a KeyError)."""
+        """Parse a stored record; anything malformed is a ValueError (never a KeyError).
+
+        A version-1 record (no tenant, no scopes) becomes ``upload,read`` in the tenant of
+        its own name: the migration is done on read, so no stored object needs rewriting."""
         try:
             data = json.loads(raw)
-            return cls(name=str(data["name"]), hash=str(data["hash"]),
-                       created=str(data.get("created", "")), revoked=data.get("revoked"))
-        except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            name = str(data["name"])
+            scopes = data.get("scopes")
+            if scopes is not None and (not isinstance(scopes, list)
+                                       or not all(isinstance(s, str) for s in scopes)):
+                raise TypeError("scopes is not a list of strings")
+            return cls(name=name, hash=str(data["hash"]),
+                       created=str(data.get("created", "")), revoked=data.get("revoked"),
+                       tenant=str(data.get("tenant") or name),
+                       scopes=parse_scopes(scopes) if scopes is not None else DEFAULT_SCOPES,
+                       expires=data.get("expires"),
+                       rate_limit=_rate(data.get("rate_limit")), v=int(data.get("v", 1)))
+        except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError,
+                ApiKeyError) as exc:
             raise ValueError(f"malformed API key record: {exc!r}") from exc
 
 
@@ -132,6 +218,37 @@ def check_name(name: str) -> str:
         raise ApiKeyError(f"invalid key name {name!r}: use 1-63 of a-z 0-9 . _ - "
                         "(starting with a letter or digit)")
     return name
+
+
+def check_tenant(tenant: str) -> str:
+    """Tenants are compared and stored as given: the same safe alphabet as key names."""
+    if not NAME_RE.match(tenant or ""):
+        raise ApiKeyError(f"invalid tenant {tenant!r}: use 1-63 of a-z 0-9 . _ - "
+                          "(starting with a letter or digit)")
+    return tenant
+
+
+# Which scope each request needs, by method and path (checked by the gateway's auth call,
+# so the Faust views and the functions are covered alike). First match wins.
+_SCOPE_RULES: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/v1/images", "upload"),
+    ("POST", "/v1/classify", "upload"),
+    ("*", "/function/", "upload"),
+    ("*", "/v1/admin/", "admin"),
+    ("*", "/v1/", "read"),
+)
+
+
+def required_scope(method: str, uri: str) -> str:
+    """The scope a request needs; anything not listed needs ``admin`` (deny by default)."""
+    path = uri.split("?", 1)[0]
+    method = method.upper()
+    for rule_method, prefix, scope in _SCOPE_RULES:
+        if rule_method not in ("*", method):
+            continue
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            return scope
+    return "admin"
 
 
 def object_key(name: str) -> str:
@@ -185,20 +302,31 @@ class KeyStore:
         self.store.put_bytes(self.bucket, object_key(record.name), record.to_bytes(),
                              "application/json")
 
-    def create(self, name: str, *, replace_active: bool = False) -> str:
+    def create(self, name: str, *, replace_active: bool = False, tenant: str | None = None,
+               scopes: str | Iterable[str] | None = None, expires: str | None = None,
+               rate_limit: int | None = None) -> str:
         """Store a new key under ``name`` and return the key (the only time it is seen).
 
         A revoked name may be reused; an active one only with ``replace_active`` (rotation:
-        the old key stops working within ``CACHE_TTL_S``).
+        the old key stops working within ``CACHE_TTL_S``). ``tenant`` defaults to ``name``,
+        ``scopes`` to ``upload,read``; ``expires`` is an ISO 8601 time; ``rate_limit`` is
+        this key's own limit in requests per second (``web.auth`` enforces it).
         """
         check_name(name)
+        tenant = check_tenant(tenant or name)
+        scope_tuple = parse_scopes(scopes)
+        when = parse_time(expires)
+        rate = _rate(rate_limit)
+        expires_iso = (when.astimezone(UTC).isoformat(timespec="seconds").replace(
+            "+00:00", "Z") if when else None)
         existing = self.get(name)
         if existing is not None and existing.active and not replace_active:
             raise ApiKeyError(f"a key named {name!r} already exists; revoke it first or pick "
                             "another name")
         key = new_key()
         self._put(KeyRecord(name=name, hash=hash_key(key, self.settings.api_key_pepper),
-                            created=now_iso()))
+                            created=now_iso(), tenant=tenant, scopes=scope_tuple,
+                            expires=expires_iso, rate_limit=rate))
         return key
 
     def revoke(self, name: str) -> KeyRecord:
@@ -253,7 +381,7 @@ class KeyStore:
         if not plausible_key(key):
             return None
         digest = hash_key(key, self.settings.api_key_pepper)
-        return next((r for r in self.records() if r.active and
+        return next((r for r in self.records() if r.active and not r.expired() and
                      hmac.compare_digest(r.hash, digest)), None)
 
 
@@ -316,7 +444,10 @@ class KeyCache:
             self._loaded_at = time.monotonic()
 
     async def verify(self, key: str | None) -> KeyRecord | None:
-        """The record of an active key, or None. Raises ``StoreUnavailable`` (answer 503)."""
+        """The record of an active key, or None. Raises ``StoreUnavailable`` (answer 503).
+
+        An expired key's record is returned too (the caller answers 401 "expired"), so that
+        the client learns why; check ``record.expired()``."""
         if key is None or not plausible_key(key):
             return None
         await self._ensure_fresh(self.ttl_s)
@@ -376,5 +507,7 @@ def ensure_dev_key(settings: Settings | None = None,
 
 def format_records(records: Iterable[KeyRecord]) -> list[dict[str, Any]]:
     """What ``keys list`` shows: never the hash, never the key."""
-    return [{"name": r.name, "created": r.created, "revoked": r.revoked,
-             "active": r.active} for r in records]
+    return [{"name": r.name, "tenant": r.tenant, "scopes": ",".join(r.scopes),
+             "rate_limit": r.rate_limit,
+             "created": r.created, "expires": r.expires, "revoked": r.revoked,
+             "active": r.active and not r.expired()} for r in records]

@@ -37,10 +37,17 @@ async def get_result(image_id: str) -> dict[str, Any] | None:
 # more client CPU than the rest of its work on each result.
 _PUT_RESULT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2]) end
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
+  if ARGV[7] == '1' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[2]) end
+end
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 redis.call('DEL', KEYS[4])
+if ARGV[7] == '1' then
+  redis.call('LPUSH', KEYS[5], ARGV[4])
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+end
 redis.call('PUBLISH', ARGV[6], ARGV[1])
 return 1
 """
@@ -52,7 +59,8 @@ def _put_result_script() -> Any:
 
 
 async def put_result(result: dict[str, Any], data: bytes, ttl_s: int | None = None) -> None:
-    """Result with TTL, dedup pointer, recent list and a notification, in one command.
+    """Result with TTL, dedup pointer, recent lists (all tenants', and its tenant's) and a
+    notification, in one command.
 
     ``data`` is ``result`` as encoded (the results agent has the message bytes)."""
     ttl = ttl_s or get_settings().result_ttl_s
@@ -60,15 +68,21 @@ async def put_result(result: dict[str, Any], data: bytes, ttl_s: int | None = No
     dedup = result["status"] == "done" and bool(model)
     dedup_key = (names.redis_dedup(result["sha256"], model["name"], model["version"])
                  if dedup else names.redis_dedup("-", "-", "-"))
+    tenant = result.get("tenant") or ""
+    tenant_dedup = (names.redis_dedup(result["sha256"], model["name"], model["version"],
+                                      tenant) if dedup and tenant else dedup_key)
     await _put_result_script()(
         keys=[names.redis_result(result["id"]), dedup_key, names.REDIS_RECENT,
-              names.redis_processing(result["id"])],
+              names.redis_processing(result["id"]), names.redis_recent_tenant(tenant or "-"),
+              tenant_dedup],
         args=[data, ttl, "1" if dedup else "0",
-              result["id"], RECENT_MAX, names.REDIS_CHANNEL])
+              result["id"], RECENT_MAX, names.REDIS_CHANNEL, "1" if tenant else "0"])
 
 
-async def find_duplicate(sha256: str, model_name: str, model_version: str) -> str | None:
-    raw = await get_redis().get(names.redis_dedup(sha256, model_name, model_version))
+async def find_duplicate(sha256: str, model_name: str, model_version: str,
+                         tenant: str | None = None) -> str | None:
+    """An image id with these bytes and this model: ``tenant``'s own, or any tenant's."""
+    raw = await get_redis().get(names.redis_dedup(sha256, model_name, model_version, tenant))
     return raw.decode() if raw else None
 
 
@@ -85,8 +99,10 @@ async def is_processing(image_id: str) -> bool:
     return bool(await get_redis().exists(names.redis_processing(image_id)))
 
 
-async def recent_ids(limit: int) -> list[str]:
-    raw = await get_redis().lrange(names.REDIS_RECENT, 0, max(0, limit - 1))
+async def recent_ids(limit: int, tenant: str | None = None) -> list[str]:
+    """Newest first: every tenant's (``tenant`` None, for admins) or one tenant's."""
+    key = names.REDIS_RECENT if tenant is None else names.redis_recent_tenant(tenant)
+    raw = await get_redis().lrange(key, 0, max(0, limit - 1))
     seen: list[str] = []
     for item in raw:
         image_id = item.decode()

@@ -214,7 +214,10 @@ def decode(
         img.load()
     except Image.DecompressionBombError as exc:  # a frame bigger than the header said
         raise ImageTooLarge(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
+    # TypeError: a TIFF whose StripOffsets tag is ASCII makes Pillow seek to a str (found by
+    # fuzz/harness_image.py; tests/unit/test_imaging.py keeps the input).
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            struct_error) as exc:
         raise UndecodableImage(f"cannot decode {fmt}: {exc}") from exc
     except MemoryError as exc:
         raise ImageTooLarge(f"{fmt} needs too much memory to decode") from exc
@@ -232,7 +235,8 @@ def _open_header(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
         img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS[fmt]))
     except Image.DecompressionBombError as exc:  # over Pillow's own (higher) guard
         raise ImageTooLarge(f"over the limit of {max_pixels} pixels: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            struct_error) as exc:
         raise UndecodableImage(f"cannot read {fmt} header: {exc}") from exc
     return img
 

@@ -5,6 +5,12 @@ answers. The order matters: the original is stored before the event is produced,
 client hears 202 only after Kafka acknowledged the event. If the produce fails the stored
 original is removed (best effort) and the client gets 503; the reconciler covers the rare case
 where that removal fails too.
+
+Tenants. The image records the uploader's tenant (in the event, so in the result, and in the
+original's object metadata). Identical bytes already classified for the same tenant answer
+200 with that result; for another tenant they get a new image id and record of their own, and
+the agent copies the labels from the earlier result (``reuse_of``) instead of classifying
+again: the work is shared, the record and everything in it (id, callback, request id) is not.
 """
 
 from __future__ import annotations
@@ -13,9 +19,8 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlparse
 
-from app import cache, imaging, names
+from app import cache, imaging, names, netguard
 from app import results as res
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown
@@ -24,6 +29,7 @@ from app.locality import RecentUploads
 from app.logs import get_logger
 from app.settings import get_settings
 from app.storage import get_store
+from app.tenancy import ORIGINAL_TENANT_META
 
 log = get_logger(__name__)
 
@@ -39,9 +45,23 @@ def check_callback_url(url: str | None) -> str | None:
     """Only absolute http(s) URLs; anything else is a 400 before we store a byte."""
     if not url:
         return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2048:
-        raise ApiError("callback_url must be an absolute http(s) URL", code="bad_callback_url")
+    try:
+        netguard.split_url(url)
+    except netguard.CallbackRefused as exc:
+        raise ApiError(str(exc), code="bad_callback_url") from exc
+    return url
+
+
+async def vet_callback_url(url: str | None) -> str | None:
+    """``check_callback_url`` plus the SSRF check (app.netguard): the host must not be or
+    resolve to a loopback, private, link-local, multicast or unspecified address unless the
+    operator allowed its network. A 400 before anything is stored."""
+    if not check_callback_url(url):
+        return None
+    try:
+        await netguard.vet(url or "", get_settings().callback_allow_nets)
+    except netguard.CallbackRefused as exc:
+        raise ApiError(str(exc), code="bad_callback_url") from exc
     return url
 
 
@@ -50,31 +70,34 @@ async def _s3(call: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(call, *args)
 
 
-async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, Any] | None:
-    """A finished result for the same bytes and the current model version, if Redis has one."""
+async def find_existing(sha256: str, model_ref: ModelRef | None,
+                        tenant: str) -> dict[str, Any] | None:
+    """A finished result for the same bytes and the current model version, if Redis has one:
+    ``tenant``'s own if there is one, else any tenant's (whose labels may be reused)."""
     if model_ref is None:
         return None
     try:
         ref = await model_ref()
         if ref is None:
             return None
-        image_id = await cache.find_duplicate(sha256, *ref)
-        if image_id is None:
-            return None
-        found = await cache.get_result(image_id)
+        for owner in (tenant, None):
+            image_id = await cache.find_duplicate(sha256, *ref, tenant=owner)
+            if image_id is None:
+                continue
+            found = await cache.get_result(image_id)
+            if found and found.get("status") == "done":
+                return found
     except Exception as exc:  # noqa: BLE001 - a cache miss, never a failed upload
         log.warning("dedup lookup failed", error=repr(exc))
-        return None
-    if found and found.get("status") == "done":
-        return found
     return None
 
 
-async def accept(data: bytes, *, request_id: str = "", callback_url: str | None = None,
-                 model_ref: ModelRef | None = None,
+async def accept(data: bytes, *, tenant: str, request_id: str = "",
+                 callback_url: str | None = None, model_ref: ModelRef | None = None,
                  new_id: Callable[[], Awaitable[str]] | None = None,
                  keep: RecentUploads | None = None) -> tuple[int, dict[str, Any]]:
-    """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result.
+    """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result
+    of the same ``tenant``.
 
     A worker passes ``new_id`` and ``keep`` (app.locality) so that it classifies what it
     accepted from memory; the function leaves them out.
@@ -83,23 +106,28 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
     (503).
     """
     settings = get_settings()
-    callback_url = check_callback_url(callback_url)
+    callback_url = await vet_callback_url(callback_url)
     fmt, width, height = imaging.inspect(data)
     sha256 = hashlib.sha256(data).hexdigest()
 
-    existing = await find_existing(sha256, model_ref)
-    if existing is not None:
+    existing = await find_existing(sha256, model_ref, tenant)
+    reuse_of: str | None = None
+    if existing is not None and existing.get("tenant") == tenant:
         log.info("duplicate upload answered from cache", image_id=existing["id"])
         return 200, res.view(existing, source="redis") | {"duplicate_of": existing["id"]}
+    if existing is not None:  # another tenant's: share the work, not the record
+        reuse_of = existing["id"]
 
     image_id = await new_id() if new_id is not None else new_image_id()
     event = res.UploadEvent(
         id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
         request_id=request_id, callback_url=callback_url, width=width, height=height,
+        tenant=tenant, reuse_of=reuse_of,
     )
     store = get_store()
     await store.put(settings.bucket_input, names.original_key(image_id), data,
-                    CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at})
+                    CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at,
+                                         ORIGINAL_TENANT_META: tenant})
     if keep is not None:
         keep.keep(image_id, data)  # before the produce: the agent may take it at once
     try:
@@ -114,5 +142,5 @@ async def accept(data: bytes, *, request_id: str = "", callback_url: str | None 
                         error=repr(exc))
         raise
     log.info("image accepted", image_id=image_id, format=fmt, bytes=len(data),
-             width=width, height=height)
+             width=width, height=height, tenant=tenant, reuse_of=reuse_of)
     return 202, res.view(res.queued(event))

@@ -28,9 +28,34 @@ def redis_processing(image_id: str) -> str:
     return f"{PREFIX}:processing:{image_id}"
 
 
-def redis_dedup(sha256: str, model_name: str, model_version: str) -> str:
-    """Same content + same model version = same answer; the value is the image id."""
-    return f"{PREFIX}:dedup:{model_name}:{model_version}:{sha256}"
+def redis_dedup(sha256: str, model_name: str, model_version: str,
+                tenant: str | None = None) -> str:
+    """Same content + same model version = same answer; the value is the image id.
+
+    Without ``tenant``: the latest such image of any tenant (whose labels another tenant's
+    upload may reuse); with it: that tenant's own (answered as a duplicate)."""
+    base = f"{PREFIX}:dedup:{model_name}:{model_version}:{sha256}"
+    return base if tenant is None else f"{base}:t:{tenant}"
+
+
+def redis_callback(image_id: str) -> str:
+    """The webhook's delivery state (app.callbacks)."""
+    return f"{PREFIX}:callback:{image_id}"
+
+
+def redis_callback_lease(image_id: str) -> str:
+    """Which worker delivers this webhook now (app.callbacks)."""
+    return f"{PREFIX}:callback-lease:{image_id}"
+
+
+def redis_recent_tenant(tenant: str) -> str:
+    """One tenant's recent list; ``REDIS_RECENT`` holds every tenant's (admins read it)."""
+    return f"{PREFIX}:recent:t:{tenant}"
+
+
+def redis_rate(key_name: str, second: int) -> str:
+    """A key's request count in one second (app.ratelimit)."""
+    return f"{PREFIX}:rate:{key_name}:{second}"
 
 
 REDIS_RECENT = f"{PREFIX}:recent"

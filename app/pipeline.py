@@ -48,6 +48,8 @@ class Prepared:
     array: np.ndarray | None = None
     model_input_jpeg: bytes | None = None
     error: tuple[str, str] | None = None
+    # Set when the labels were copied from an earlier identical image (``reuse_of``).
+    borrowed: tuple[dict[str, str], list[dict[str, Any]]] | None = None
 
 
 def _age_ms(created_at: str) -> float:
@@ -110,9 +112,42 @@ async def fetch(event: res.UploadEvent) -> Prepared:
     return item
 
 
+async def borrow(event: res.UploadEvent) -> Prepared | None:
+    """The earlier identical image's result and model input, for ``event.reuse_of``; None
+    (classify it afresh) when either is gone or does not match these bytes."""
+    item = Prepared(event=event, started=time.perf_counter())
+    settings = get_settings()
+    store = get_store()
+    try:
+        earlier = res.decode(await store.get(settings.bucket_results,
+                                             names.result_key(event.reuse_of or "")))
+        if earlier.get("status") != "done" or earlier.get("sha256") != event.sha256 \
+                or not earlier.get("model"):
+            return None
+        item.model_input_jpeg = await store.get(settings.bucket_processed,
+                                                names.processed_key(event.reuse_of or ""))
+    except ObjectMissing:
+        return None
+    except Exception as exc:  # noqa: BLE001 - store trouble or a bad document: classify it
+        log.warning("earlier result not reusable", image_id=event.id, reuse_of=event.reuse_of,
+                    error=repr(exc)[:200])
+        return None
+    item.borrowed = (earlier["model"], list(earlier.get("labels") or []))
+    item.fetch_ms = (time.perf_counter() - item.started) * 1000
+    return item
+
+
+async def _fetch_or_borrow(event: res.UploadEvent) -> Prepared:
+    if event.reuse_of:
+        found = await borrow(event)
+        if found is not None:
+            return found
+    return await fetch(event)
+
+
 async def prepare(events: list[res.UploadEvent], spec: imaging.PreprocessSpec) -> list[Prepared]:
-    items = await asyncio.gather(*(fetch(e) for e in events))
-    todo = [item for item in items if item.error is None]
+    items = await asyncio.gather(*(_fetch_or_borrow(e) for e in events))
+    todo = [item for item in items if item.error is None and item.borrowed is None]
     if todo:
         await asyncio.get_running_loop().run_in_executor(_decode_pool, _decode_all, todo, spec)
     return items
@@ -149,7 +184,7 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
     batch_start = time.perf_counter()
     loaded = classifier.current  # one model for the whole batch, even if the default switches
     prepared = await prepare(events, loaded.spec)
-    ok = [p for p in prepared if p.error is None]
+    ok = [p for p in prepared if p.error is None and p.borrowed is None]
     model = {"name": loaded.info.name, "version": loaded.info.version}
     infer_ms = 0.0
     labels_by_id: dict[str, list[dict[str, Any]]] = {}
@@ -175,7 +210,10 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
         )
         timings.total_ms = _age_ms(item.event.created_at)
         timings.extra["batch_size"] = float(len(events))
-        if item.error is None:
+        if item.borrowed is not None:
+            timings.inference_ms = 0.0
+            result = res.done(item.event, item.borrowed[0], item.borrowed[1], timings)
+        elif item.error is None:
             result = res.done(item.event, model, labels_by_id[item.event.id], timings)
         else:
             result = res.failed(item.event, item.error[0], item.error[1], timings, model)

@@ -72,6 +72,7 @@ async def reconcile_once(store: ObjectStore, settings: Settings, since: float,
             id=image_id, sha256=meta.get("x-amz-meta-sha256", ""),
             format=_FORMATS.get(stat.content_type or "", "unknown"), size=stat.size or 0,
             created_at=meta.get("x-amz-meta-created-at", res.now_iso()), reconciled=True,
+            tenant=meta.get("x-amz-meta-tenant", ""),
         )
         await get_publisher().send(settings.topic_uploads, image_id.encode(), event.to_bytes())
         log.warning("re-enqueued an original without a result", image_id=image_id)

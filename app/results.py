@@ -23,6 +23,14 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_in(seconds: float) -> str:
+    """``now_iso()`` ``seconds`` from now (when the next webhook attempt is due)."""
+    from datetime import timedelta
+
+    when = datetime.now(UTC) + timedelta(seconds=seconds)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class BadEvent(ValueError):
     """A message on ``image-uploads`` that cannot be processed at all (goes to the DLQ)."""
 
@@ -41,6 +49,11 @@ class UploadEvent:
     width: int = 0
     height: int = 0
     reconciled: bool = False
+    # The uploader's tenant (app.tenancy); empty only for events from before tenants existed.
+    tenant: str = ""
+    # An earlier image with the same bytes and a finished result, possibly another tenant's:
+    # the agent copies its labels into this image's own record instead of classifying again.
+    reuse_of: str | None = None
     v: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
@@ -63,6 +76,18 @@ class UploadEvent:
             raise BadEvent(f"missing fields: {exc}") from exc
         if not isinstance(event.id, str) or not is_image_id(event.id):
             raise BadEvent(f"invalid image id {event.id!r}")
+        for name in ("sha256", "format", "created_at", "request_id", "tenant"):
+            if not isinstance(getattr(event, name), str):
+                raise BadEvent(f"field {name!r} is not a string")
+        if event.callback_url is not None and not isinstance(event.callback_url, str):
+            raise BadEvent("field 'callback_url' is not a string")
+        if event.reuse_of is not None and (not isinstance(event.reuse_of, str)
+                                           or not is_image_id(event.reuse_of)):
+            raise BadEvent(f"invalid reuse_of {event.reuse_of!r}")
+        for name in ("size", "width", "height"):
+            value = getattr(event, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadEvent(f"field {name!r} is not a non-negative integer")
         return event
 
 
@@ -96,6 +121,7 @@ def _base(event: UploadEvent, status: str) -> dict[str, Any]:
         "timings": {},
         "request_id": event.request_id,
         "callback_url": event.callback_url,
+        "tenant": event.tenant,
         "v": SCHEMA_VERSION,
     }
 

@@ -1,8 +1,12 @@
 """Finding a result: Redis, then the Faust table (on the worker that owns the key), then the
-``classification-results`` bucket; an original without a result is still queued."""
+``classification-results`` bucket; an original without a result is still queued.
+
+Every result carries its tenant; a queued image's tenant is read from its original's object
+metadata. The views decide visibility (``app.tenancy``); this module only finds things."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from faust.exceptions import SameNode
@@ -13,6 +17,7 @@ from app import results as res
 from app.faust_app import app, settings
 from app.logs import get_logger
 from app.storage import ObjectMissing, get_store
+from app.tenancy import ORIGINAL_TENANT_META
 from tables.results import results_table
 
 log = get_logger(__name__)
@@ -28,6 +33,20 @@ async def from_storage(image_id: str) -> dict[str, Any] | None:
 
 async def original_exists(image_id: str) -> bool:
     return await get_store().has(settings.bucket_input, names.original_key(image_id))
+
+
+def _stat_tenant(image_id: str) -> str | None:
+    try:
+        meta = get_store().metadata(settings.bucket_input, names.original_key(image_id))
+    except ObjectMissing:
+        return None
+    return meta.get(ORIGINAL_TENANT_META, "")
+
+
+async def original_tenant(image_id: str) -> str | None:
+    """The uploader's tenant of a stored original ("" if it predates tenants), None if there
+    is no such original."""
+    return await asyncio.to_thread(_stat_tenant, image_id)
 
 
 async def lookup(view: Any, request: Any, image_id: str) -> tuple[Any, str]:
@@ -53,7 +72,8 @@ async def lookup(view: Any, request: Any, image_id: str) -> tuple[Any, str]:
     found = await from_storage(image_id)
     if found is not None:
         return found, "storage"
-    if await original_exists(image_id):
+    tenant = await original_tenant(image_id)
+    if tenant is not None:
         processing = False
         try:
             processing = await cache.is_processing(image_id)
@@ -61,10 +81,28 @@ async def lookup(view: Any, request: Any, image_id: str) -> tuple[Any, str]:
             pass
         status = "processing" if processing else "queued"
         return {"id": image_id, "status": status, "labels": [], "error": None,
-                "model": None}, status
+                "model": None, "tenant": tenant}, status
     return None, "none"
 
 
-async def recent(limit: int) -> list[dict[str, Any]]:
-    ids = await cache.recent_ids(limit)
-    return [r for r in await cache.get_many(ids) if r is not None]
+async def recent(limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Newest first: one tenant's results, or every tenant's when ``tenant`` is None."""
+    ids = await cache.recent_ids(limit, tenant)
+    found = [r for r in await cache.get_many(ids) if r is not None]
+    # The tenant list only ever holds that tenant's ids; checked again all the same.
+    return found if tenant is None else [r for r in found if r.get("tenant") == tenant]
+
+
+async def tenant_of(image_id: str) -> str | None:
+    """The image's tenant from the cheapest place that knows it: the result in Redis, the
+    result in storage, the original's metadata. None for an unknown id."""
+    try:
+        found = await cache.get_result(image_id)
+        if found is not None:
+            return found.get("tenant") or ""
+    except Exception as exc:  # noqa: BLE001 - Redis is a cache; fall through
+        log.warning("redis lookup failed", image_id=image_id, error=repr(exc)[:200])
+    found = await from_storage(image_id)
+    if found is not None:
+        return found.get("tenant") or ""
+    return await original_tenant(image_id)

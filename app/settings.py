@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     topic_uploads: str = "image-uploads"
     topic_results: str = "image-results"
     topic_dlq: str = "image-uploads-dlq"
+    topic_callbacks: str = "image-callbacks"  # pending webhooks (durable delivery)
     topic_partitions: int = 4
     # Replicas of every topic (ours and Faust's changelogs) and the in-sync replicas an
     # acks=all write needs; 0 means the topology's value (1/1 single, 3/2 cluster).
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
     gateway_tls_port: int = 8443  # served only when .stack/tls/ has a certificate
     callback_secret: str = ""
     callback_attempts: int = 6
+    callback_backoff_s: float = 2.0  # first retry after this, then doubling (cap 300 s)
+    callback_timeout_s: float = 10.0  # one attempt, connect to last byte
+    # Webhooks to private/loopback/link-local addresses are refused (SSRF); CIDRs listed
+    # here (comma-separated, e.g. "10.20.0.0/16") are allowed anyway, for intranet receivers.
+    callback_allow_nets: str = ""
     auth_disabled: bool = False
 
     # --- logging --------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class Settings(BaseSettings):
 
     @property
     def topics(self) -> list[str]:
-        return [self.topic_uploads, self.topic_results, self.topic_dlq]
+        return [self.topic_uploads, self.topic_results, self.topic_dlq, self.topic_callbacks]
 
 
 @lru_cache(maxsize=1)

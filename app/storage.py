@@ -169,6 +169,14 @@ class ObjectStore:
                 resp.close()
                 resp.release_conn()
 
+    def metadata(self, bucket: str, key: str) -> dict[str, str]:
+        """One object's user metadata, names lower-cased without ``x-amz-meta-``."""
+        with _translated(bucket, key):
+            stat = self.client.stat_object(bucket, key)
+        prefix = "x-amz-meta-"
+        return {k.lower()[len(prefix):]: v for k, v in (stat.metadata or {}).items()
+                if k.lower().startswith(prefix)}
+
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         with _translated(bucket, prefix):
             return [o.object_name for o in self.client.list_objects(bucket, prefix=prefix,

@@ -14,3 +14,4 @@ def _topic(name: str):  # noqa: ANN202 - faust.TopicT
 uploads_topic = _topic(settings.topic_uploads)
 results_topic = _topic(settings.topic_results)
 dlq_topic = _topic(settings.topic_dlq)
+callbacks_topic = _topic(settings.topic_callbacks)

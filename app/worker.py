@@ -12,6 +12,7 @@ def main() -> None:
     import faust
     from faust.sensors.prometheus import setup_prometheus_sensors
 
+    import agents.callbacks  # noqa: F401  (durable webhook delivery)
     import agents.classify  # noqa: F401  (registers agents, tables, views, timers)
     import agents.results  # noqa: F401
     import web.api  # noqa: F401

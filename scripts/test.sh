@@ -5,6 +5,9 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 IMAGEREC=.venv/bin/imagerec
+# The tests' webhook receiver listens on 127.0.0.2; webhooks to loopback are refused unless
+# allowed (app/netguard.py), so the test stack allows exactly that address.
+export IMAGEREC_CALLBACK_ALLOW_NETS="${IMAGEREC_CALLBACK_ALLOW_NETS:-127.0.0.2/32}"
 started=0
 if $IMAGEREC stack status >/dev/null 2>&1 && \
    grep -q '^IMAGEREC_TOPOLOGY=cluster' "${IMAGEREC_HOME:-.stack}/stack.env" 2>/dev/null; then

@@ -177,3 +177,122 @@ def jpeg_of(name: str) -> bytes:
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
+
+
+# --- tenants and keys -------------------------------------------------------------------------
+
+@dataclass
+class TenantKey:
+    """A throwaway API key of one tenant, with a gateway client that sends it."""
+
+    name: str
+    tenant: str
+    key: str
+    gateway: Gateway
+
+
+@pytest.fixture(scope="session")
+def keystore(settings):  # noqa: ANN001, ANN201
+    from app.apikeys import KeyStore
+
+    return KeyStore(settings=settings)
+
+
+@pytest.fixture
+def make_tenant_key(settings, keystore, gateway):  # noqa: ANN001, ANN201
+    """``make(purpose, tenant=None, scopes=None, expires=None) -> TenantKey``; every key it
+    made is deleted from the store after the test. Tenants get a unique suffix so runs never
+    see each other's images."""
+    import time
+    import uuid
+
+    from app.apikeys import MISS_REFRESH_S
+
+    made: list[str] = []
+    run = uuid.uuid4().hex[:8]
+
+    def make(purpose: str, tenant: str | None = None, scopes: str | None = None,
+             expires: str | None = None, rate_limit: int | None = None) -> TenantKey:
+        name = f"test-{purpose}-{uuid.uuid4().hex[:8]}"
+        tenant_name = f"t-{tenant}-{run}" if tenant else name
+        key = keystore.create(name, tenant=tenant_name, scopes=scopes, expires=expires,
+                              rate_limit=rate_limit)
+        made.append(name)
+        # A worker re-reads the store for an unknown key at most every MISS_REFRESH_S: past
+        # that, the new key works on every worker.
+        time.sleep(MISS_REFRESH_S + 0.1)
+        return TenantKey(name, tenant_name, key, Gateway(settings.gateway_url, key))
+
+    yield make
+    for name in made:
+        keystore.delete(name)
+
+
+# --- a webhook receiver on an allow-listed loopback address ----------------------------------
+
+# Webhooks to loopback are refused (app.netguard) unless the operator allows the network;
+# scripts/test.sh starts the stack with IMAGEREC_CALLBACK_ALLOW_NETS=127.0.0.2/32, so this
+# receiver, and only it, may be called back on this machine.
+RECEIVER_HOST = "127.0.0.2"
+
+
+class Receiver:
+    """A tiny HTTP server that records each POST (headers, body) and answers 204.
+
+    ``stop()`` and ``start()`` keep the port, so a test can take the receiver down while a
+    webhook is pending and bring it back at the same URL."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.received: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
+        self.port = 0
+        self._server: Any = None
+
+    def start(self) -> Receiver:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received
+
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.put((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer((RECEIVER_HOST, self.port), Hook)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{RECEIVER_HOST}:{self.port}/hook"
+
+
+@pytest.fixture
+def receiver(settings):  # noqa: ANN001, ANN201
+    """A running receiver whose address the stack allows (fails clearly when it does not)."""
+    import ipaddress
+
+    from app.netguard import address_allowed, parse_allow_nets
+
+    if not address_allowed(ipaddress.ip_address(RECEIVER_HOST),
+                           parse_allow_nets(settings.callback_allow_nets)):
+        pytest.fail("the stack must allow the test receiver: start it with "
+                    f"IMAGEREC_CALLBACK_ALLOW_NETS={RECEIVER_HOST}/32 (scripts/test.sh does)")
+    hook = Receiver().start()
+    yield hook
+    hook.stop()

@@ -2,6 +2,10 @@
 
 Views only translate HTTP to calls into ``app.ingest``, ``app.retrieval`` and
 ``app.pipeline`` and map their errors to the JSON error shape; no business logic lives here.
+
+Tenancy: every view that touches images knows the caller (``app.tenancy.Principal``, from the
+headers the gateway sets after the key check) and shows only what that caller may see; an
+image of another tenant answers exactly as an unknown id does.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
-from app import imaging, ingest, metrics, names, params, retrieval
+from app import callbacks, imaging, ingest, metrics, names, params, retrieval
 from app import results as res
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown, http_error
@@ -24,6 +28,7 @@ from app.locality import local_image_id, recent_uploads
 from app.logs import get_logger
 from app.runtime import current_model_ref, get_classifier, list_models
 from app.storage import ObjectMissing, get_store
+from app.tenancy import Principal, from_headers
 from web.errors import error_response
 from web.hub import get_hub
 
@@ -41,6 +46,16 @@ def _fail(exc: Exception) -> web.Response:
         metrics.UPLOADS_REJECTED.labels(code=exc.code).inc()
     status, body, headers = mapped
     return web.json_response(body, status=status, headers=headers)
+
+
+def _no_principal() -> web.Response:
+    """A request that did not pass the gateway's key check (workers listen on loopback)."""
+    return error_response(401, "unauthorized", "missing API key: send Authorization: Bearer "
+                          "KEY or X-API-Key: KEY through the gateway")
+
+
+def _not_found() -> web.Response:
+    return error_response(404, "not_found", "no image with this id")
 
 
 def _request_id(request: web.Request) -> str:
@@ -133,16 +148,20 @@ class Images(View):
     """Upload one or many images; list recent results."""
 
     async def post(self, request: web.Request) -> web.Response:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
         try:
             files, callback = await _uploads(request)
-            ingest.check_callback_url(callback)
+            await ingest.vet_callback_url(callback)
         except Exception as exc:  # noqa: BLE001 - mapped to JSON errors by _fail
             return _fail(exc)
         answers: list[tuple[int, dict[str, Any]]] = []
         for filename, data in files:
             try:
                 status, body = await ingest.accept(
-                    data, request_id=_request_id(request), callback_url=callback,
+                    data, tenant=who.tenant, request_id=_request_id(request),
+                    callback_url=callback,
                     model_ref=current_model_ref, **_locality)
                 if status == 202:
                     metrics.IMAGES_RECEIVED.labels(via="api").inc()
@@ -162,10 +181,13 @@ class Images(View):
         return web.json_response([a[1] for a in answers], status=202)
 
     async def get(self, request: web.Request) -> web.Response:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
         try:
             limit = _int_param(request, "limit", 50, 1, 200)
             top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
-            found = await retrieval.recent(limit)
+            found = await retrieval.recent(limit, None if who.admin else who.tenant)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, ApiError):
                 exc = DependencyDown("redis", type(exc).__name__)
@@ -178,28 +200,51 @@ class Image(View):
     """One image's status and result, from the fastest tier that has it."""
 
     async def get(self, request: web.Request, image_id: str) -> web.Response:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
         if not is_image_id(image_id):
-            return error_response(404, "not_found", "no image with this id")
+            return _not_found()
         try:
             top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
             min_score = _float_param(request, "min_score", 0.0, 0.0, 1.0)
             wait = _float_param(request, "wait", 0.0, 0.0, MAX_WAIT_S)
             found, tier = await retrieval.lookup(self, request, image_id)
-            if wait and (found is None or not res.is_final(found)) and tier != "routed":
-                if found is not None or await retrieval.original_exists(image_id):
-                    waited = await get_hub().wait_for(image_id, wait)
-                    if waited is not None:
-                        found, tier = waited, "event"
+            if tier == "routed":  # the owner worker answered in full, with the same checks
+                return found  # type: ignore[no-any-return]
+            if not who.sees_result(found):
+                return _not_found()  # unknown, or another tenant's: the same answer
+            if wait and not res.is_final(found):
+                waited = await get_hub().wait_for(image_id, wait)
+                if waited is not None and who.sees_result(waited):
+                    found, tier = waited, "event"
+            body = res.view(found, top_k=top_k, min_score=min_score, source=tier)
+            if found.get("callback_url"):
+                body["delivery"] = await _delivery(image_id, found)
         except Exception as exc:  # noqa: BLE001
             return _fail(exc)
-        if tier == "routed":  # the owning worker already answered in full
-            return found  # type: ignore[return-value]
-        if found is None:
-            return error_response(404, "not_found", "no image with this id")
         metrics.RETRIEVALS.labels(tier=tier).inc()
-        return web.json_response(res.view(found, top_k=top_k, min_score=min_score,
-                                          source=tier),
-                                 headers={"X-Imagerec-Source": tier})
+        return web.json_response(body, headers={"X-Imagerec-Source": tier})
+
+
+async def _delivery(image_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The webhook's delivery state (app.callbacks); ``queued`` until the agent starts it."""
+    if not res.is_final(result):
+        return {"state": "waiting_for_result", "attempts": 0}
+    try:
+        state = await callbacks.load_state(image_id)
+    except Exception as exc:  # noqa: BLE001 - Redis down: say so rather than fail the GET
+        log.warning("delivery state unreadable", image_id=image_id, error=repr(exc)[:200])
+        return {"state": "unknown", "attempts": None}
+    return callbacks.public_state(state) if state else {"state": "queued", "attempts": 0}
+
+
+async def _visible(who: Principal, image_id: str) -> bool:
+    """Whether ``who`` may see this image, without routing: the result's tenant (Redis, then
+    storage), else the original's."""
+    if who.admin:
+        return True
+    return who.sees(await retrieval.tenant_of(image_id))
 
 
 # The stored model input never changes once written (ids are never reused), so the browser
@@ -218,9 +263,15 @@ class ImageInput(View):
     """
 
     async def get(self, request: web.Request, image_id: str) -> web.Response:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
         if not is_image_id(image_id):  # never let a client-made string reach an object key
-            return error_response(404, "not_found", "no image with this id")
+            return _not_found()
         try:
+            if not await _visible(who, image_id):
+                # Exactly what an id with nothing stored gets below.
+                return error_response(404, "not_found", "no stored model input for this image")
             data = await get_store().get(settings.bucket_processed,
                                          names.processed_key(image_id))
         except ObjectMissing:
@@ -260,12 +311,13 @@ class Models(View):
             return _fail(DependencyDown("minio", repr(exc)[:100]))
 
 
-async def _missed_since(last_id: str) -> list[dict[str, Any]]:
-    """Results finished after ``last_id``, oldest first; none if it is unknown or too old."""
+async def _missed_since(last_id: str, who: Principal) -> list[dict[str, Any]]:
+    """The caller's results finished after ``last_id``, oldest first; none if it is unknown
+    or too old."""
     if not is_image_id(last_id):
         return []
     try:
-        recent = await retrieval.recent(500)  # newest first
+        recent = await retrieval.recent(500, None if who.admin else who.tenant)
     except Exception:  # noqa: BLE001 - a replay is best effort; live events still flow
         return []
     ids = [r["id"] for r in recent]
@@ -276,7 +328,8 @@ async def _missed_since(last_id: str) -> list[dict[str, Any]]:
 
 @app.page("/v1/events")
 class Events(View):
-    """Server-Sent Events: every finished result, as it is stored.
+    """Server-Sent Events: every finished result of the caller's tenant (every tenant's for an
+    admin), as it is stored.
 
     A client that reconnects with ``Last-Event-ID`` (browsers' EventSource does so by itself)
     first gets the results it missed, from the recent list, so a dropped connection loses
@@ -284,6 +337,9 @@ class Events(View):
     """
 
     async def get(self, request: web.Request) -> web.StreamResponse:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -300,7 +356,7 @@ class Events(View):
         try:
             await resp.prepare(request)
             await resp.write(b": connected\n\n")
-            for missed in await _missed_since(request.headers.get("Last-Event-ID", "")):
+            for missed in await _missed_since(request.headers.get("Last-Event-ID", ""), who):
                 await send(missed)
             while True:
                 try:
@@ -309,7 +365,7 @@ class Events(View):
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
-                if result["id"] not in sent:
+                if result["id"] not in sent and who.sees_result(result):
                     await send(result)
                 if len(sent) > 10_000:
                     sent.clear()

@@ -1,11 +1,15 @@
 """The key check behind the gateway's ``auth_request``, and per-request log context.
 
 Nginx sends a body-less GET subrequest to ``/internal/auth`` for every ``/v1/`` and
-``/function/`` request, with the client's headers and the original URI. We answer 204 plus
-``X-Api-Key-Name`` (nginx forwards the name to the upstream and logs it) or 401 plus
-``X-Auth-Error`` (nginx turns it into the JSON 401). A store outage with nothing cached is a
-503, which nginx turns into its JSON 503. The path is not routed by the public listener; the
-workers themselves only listen on loopback.
+``/function/`` request, with the client's headers, the original URI and method. We answer 204
+plus ``X-Api-Key-Name``, ``X-Api-Tenant`` and ``X-Api-Scopes`` (nginx forwards them to the
+upstream; see ``app.tenancy``), 401 plus ``X-Auth-Error`` (unknown, revoked or expired key;
+nginx turns it into the JSON 401), or 403 when the key lacks the scope the request needs
+(``app.apikeys.required_scope``: a read-only key cannot upload). A key over its own rate
+limit (``app.ratelimit``) gets a 403 marked ``rate_limited``, which nginx answers as its 429
+(auth_request passes on only 401 and 403). A store outage with
+nothing cached is a 503, which nginx turns into its JSON 503. The path is not routed by the
+public listener; the workers themselves only listen on loopback.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import structlog
 from aiohttp import web
 from faust.web import View
 
-from app.apikeys import KeyCache, StoreUnavailable, extract_key
+from app import ratelimit
+from app.apikeys import ADMIN_SCOPES, KeyCache, StoreUnavailable, extract_key, required_scope
 from app.faust_app import app, settings
 from app.logs import get_logger
+from app.tenancy import auth_headers
 from web.errors import error_response
 
 log = get_logger(__name__)
@@ -48,11 +54,14 @@ def _deny(reason: str) -> web.Response:
 
 @app.page(AUTH_PATH)
 class AuthCheck(View):
-    """204 for an active key (with its name), 401 otherwise, 503 if keys cannot be read."""
+    """204 for an active key with the needed scope (with its name, tenant and scopes), 401
+    for a missing, unknown, revoked or expired key, 403 for a missing scope, 503 if keys
+    cannot be read."""
 
     async def get(self, request: web.Request) -> web.Response:
-        if settings.auth_disabled:
-            return web.Response(status=204, headers={"X-Api-Key-Name": "anonymous"})
+        if settings.auth_disabled:  # one trusted user: everything, as an admin
+            return web.Response(status=204, headers={"X-Api-Key-Name": "anonymous",
+                                                     **auth_headers("anonymous", ADMIN_SCOPES)})
         key = extract_key(request.headers.get("Authorization"),
                           request.headers.get("X-API-Key"),
                           _query_key(request.headers.get("X-Original-URI", "")))
@@ -65,7 +74,18 @@ class AuthCheck(View):
             return web.Response(status=503, headers={"Retry-After": "5"})
         if record is None:
             return _deny("invalid")
-        return web.Response(status=204, headers={"X-Api-Key-Name": record.name})
+        if record.expired():
+            return _deny("expired")
+        needed = required_scope(request.headers.get("X-Original-Method", "GET"),
+                                request.headers.get("X-Original-URI", ""))
+        if needed not in record.scopes:
+            return web.Response(status=403, headers={"X-Auth-Error": f"scope:{needed}",
+                                                     "Cache-Control": "no-store"})
+        if record.rate_limit and not await ratelimit.allow(record.name, record.rate_limit):
+            return web.Response(status=403, headers={"X-Auth-Error": "rate_limited",
+                                                     "Cache-Control": "no-store"})
+        return web.Response(status=204, headers={"X-Api-Key-Name": record.name,
+                                                 **auth_headers(record.tenant, record.scopes)})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -92,6 +92,26 @@ def _schemas() -> dict[str, Any]:
                         "description": "milliseconds per stage (queue_ms, fetch_ms, "
                                        "decode_ms, inference_ms, total_ms) and batch_size"},
             "request_id": {"type": "string"},
+            "tenant": {"type": "string",
+                       "description": "the uploader's tenant (the API key's); a key only "
+                                      "ever sees its own tenant's images, admins every one"},
+            "delivery": {
+                "type": "object",
+                "description": "the webhook's delivery state, when the upload set a "
+                               "callback_url",
+                "properties": {
+                    "state": {"type": "string",
+                              "enum": ["waiting_for_result", "queued", "pending",
+                                       "delivered", "refused", "blocked", "gave_up",
+                                       "unknown"]},
+                    "attempts": _nullable({"type": "integer", "minimum": 0}),
+                    "last_status": _nullable({"type": "integer"}),
+                    "last_error": _nullable({"type": "string"}),
+                    "last_attempt_at": _nullable({"type": "string", "format": "date-time"}),
+                    "next_attempt_at": _nullable({"type": "string", "format": "date-time"}),
+                    "signature": {"type": "string",
+                                  "description": "X-Imagerec-Signature of the body"},
+                }},
             "v": {"type": "integer", "description": "result schema version"},
             "links": {"type": "object",
                       "properties": {
@@ -167,8 +187,11 @@ def _responses(settings: Settings) -> dict[str, Any]:
         "BadRequest": _error("Malformed request or parameter (codes: bad_request, "
                              "bad_parameter, no_file, too_many_files, one_image_only, "
                              "bad_callback_url)."),
-        "Unauthorized": _error("No API key, or an unknown or revoked one (code: "
+        "Unauthorized": _error("No API key, or an unknown, revoked or expired one (code: "
                                "unauthorized)."),
+        "Forbidden": _error("The key lacks the scope this operation needs: upload for "
+                            "POST /v1/images, /v1/classify and the functions, read for the "
+                            "rest, admin for operator endpoints (code: forbidden)."),
         "NotFound": _error("No image with this id (code: not_found)."),
         "TooLarge": _error(f"Body over {settings.max_upload_bytes} bytes per image (code: "
                            "too_large); answered by the gateway before the body is read."),
@@ -219,8 +242,8 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                              "default": 5}, "how many labels to return, best first")
     min_score = _param("min_score", {"type": "number", "minimum": 0, "maximum": 1,
                                      "default": 0}, "drop labels scoring below this")
-    common = {"401": _resp("Unauthorized"), "429": _resp("RateLimited"),
-              "503": _resp("Unavailable")}
+    common = {"401": _resp("Unauthorized"), "403": _resp("Forbidden"),
+              "429": _resp("RateLimited"), "503": _resp("Unavailable")}
     upload_errors = {"400": _resp("BadRequest"), "413": _resp("TooLarge"),
                      "415": _resp("Unsupported"), "422": _resp("Unprocessable")}
     paths: dict[str, Any] = {
@@ -229,12 +252,15 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                 "operationId": "uploadImages",
                 "summary": "Upload one or many images for asynchronous classification",
                 "parameters": [_param("callback_url", {"type": "string", "format": "uri"},
-                                      "absolute http(s) URL POSTed the result when done")],
+                                      "absolute http(s) URL POSTed the result when done; "
+                                      "its host must not be or resolve to a loopback, "
+                                      "private, link-local, multicast or unspecified "
+                                      "address (400 bad_callback_url)")],
                 "requestBody": _upload_body(multi=True),
                 "responses": {
                     "200": _json(_ref("Result"), "These bytes were already classified by "
-                                 "the current model version: the earlier result, with "
-                                 "duplicate_of."),
+                                 "the current model version for this tenant: the earlier "
+                                 "result, with duplicate_of."),
                     "202": {
                         "description": "Accepted: stored and queued. One file: its Result "
                                        "(status queued). Several: one item per file, a "
@@ -354,8 +380,8 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The stream.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    "401": _resp("Unauthorized"), "429": _resp("RateLimited"),
-                    "503": _resp("Unavailable"),
+                    "401": _resp("Unauthorized"), "403": _resp("Forbidden"),
+                    "429": _resp("RateLimited"), "503": _resp("Unavailable"),
                 },
             },
         },

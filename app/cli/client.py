@@ -135,12 +135,15 @@ class Gateway:
     def key_rejected(self, answer: Answer) -> CliError:
         hint = ("no key was given; pass --api-key or set IMAGEREC_API_KEY" if not self.api_key
                 else "check --api-key / IMAGEREC_API_KEY")
-        return CliError(f"the API key was rejected (401): {answer.error_message()}; {hint}",
-                        EXIT_KEY)
+        if answer.status == 403:  # a valid key without the scope (e.g. a read-only key)
+            hint = "this key's scopes do not allow it; `imagerec keys list` shows them"
+        return CliError(f"the API key was rejected ({answer.status}): "
+                        f"{answer.error_message()}; {hint}", EXIT_KEY)
 
     async def request(self, method: str, path: str, *, retries: int = MAX_RETRIES,
                       **kwargs: Any) -> Answer:
-        """Send one request; retry 429/503 after Retry-After; raise CliError on 401/no route.
+        """Send one request; retry 429/503 after Retry-After; raise CliError on 401/403/no
+        route.
 
         ``kwargs`` may hold ``data_factory``: a callable building a fresh body per attempt
         (a multipart body can only be sent once).
@@ -156,7 +159,7 @@ class Gateway:
                                     _seconds(resp.headers.get("Retry-After")))
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 raise self.unreachable(exc) from exc
-            if answer.status == 401:
+            if answer.status in (401, 403):
                 raise self.key_rejected(answer)
             if answer.status in (429, 502, 503) and attempt < retries:
                 await asyncio.sleep(min(answer.retry_after or 2.0 * 2**attempt, 30.0))
@@ -182,7 +185,7 @@ class Gateway:
             text = await resp.text(errors="replace")
             answer = Answer(resp.status, _json_or_none(text, resp.content_type), text, None)
             resp.release()
-            if resp.status == 401:
+            if resp.status in (401, 403):
                 raise self.key_rejected(answer)
             raise CliError(f"the event stream answered {resp.status}: {answer.error_message()}")
         return resp

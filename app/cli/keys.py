@@ -34,6 +34,9 @@ def _key_store_errors() -> Iterator[None]:
 
 def _keystore():  # noqa: ANN202 - imported lazily so `imagerec --help` stays fast
     from app.apikeys import KeyStore
+    from app.cli.admin_storage import use_admin_storage
+
+    use_admin_storage()
 
     return KeyStore()
 
@@ -45,6 +48,8 @@ def keys() -> None:
     \b
     Examples:
       KEY=$(imagerec keys create --name alice)
+      KEY=$(imagerec keys create --name ci --tenant alice --scope read --expires 2027-01-31)
+      KEY=$(imagerec keys create --name ops --scope admin)
       imagerec keys list
       imagerec keys revoke alice
     """
@@ -52,12 +57,24 @@ def keys() -> None:
 
 @keys.command()
 @click.option("--name", required=True, help="Who or what the key is for (a-z 0-9 . _ -).")
+@click.option("--tenant", default=None,
+              help="Whose images the key sees and uploads into (default: the key's name).")
+@click.option("--scope", "scopes", default="upload,read", show_default=True,
+              help="Comma-separated: upload, read, admin (admin: every tenant, operator "
+                   "endpoints).")
+@click.option("--expires", default=None,
+              help="When the key stops working (ISO 8601, e.g. 2027-01-31T00:00:00Z).")
+@click.option("--rate-limit", type=click.IntRange(min=1), default=None,
+              help="This key's own limit in requests per second (the gateway's limit for "
+                   "every key applies too).")
 @click.option("--replace", "replace_active", is_flag=True,
               help="Rotate: issue a new key for a name that already has an active one.")
-def create(name: str, replace_active: bool) -> None:
+def create(name: str, tenant: str | None, scopes: str, expires: str | None,
+           rate_limit: int | None, replace_active: bool) -> None:
     """Print a new key on stdout (one line; it is shown only this once)."""
     with _key_store_errors():
-        key = _keystore().create(name, replace_active=replace_active)
+        key = _keystore().create(name, replace_active=replace_active, tenant=tenant,
+                                 scopes=scopes, expires=expires, rate_limit=rate_limit)
     click.echo(key)
 
 
@@ -76,9 +93,12 @@ def list_(as_json: bool) -> None:
         click.echo("no API keys yet; create one with `imagerec keys create --name NAME`")
         return
     width = max(4, *(len(r["name"]) for r in rows))
-    click.echo(f"{'NAME':<{width}}  {'CREATED':<24}  REVOKED")
+    twidth = max(6, *(len(r["tenant"]) for r in rows))
+    click.echo(f"{'NAME':<{width}}  {'TENANT':<{twidth}}  {'SCOPES':<19}  {'CREATED':<24}  "
+               f"{'EXPIRES':<20}  REVOKED")
     for row in rows:
-        click.echo(f"{row['name']:<{width}}  {row['created']:<24}  {row['revoked'] or '-'}")
+        click.echo(f"{row['name']:<{width}}  {row['tenant']:<{twidth}}  {row['scopes']:<19}  "
+                   f"{row['created']:<24}  {row['expires'] or '-':<20}  {row['revoked'] or '-'}")
 
 
 @keys.command()

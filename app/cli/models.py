@@ -34,6 +34,9 @@ def open_store(local: str | Path | None) -> ObjectStoreLike:
         from app.settings import get_settings
 
         return LocalStore(get_settings().model_dir / "store")
+    from app.cli.admin_storage import use_admin_storage
+
+    use_admin_storage()  # model files are code: the admin user, not root (app.stack.iam)
     return get_store()
 
 

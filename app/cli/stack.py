@@ -87,8 +87,11 @@ def status() -> None:
 
 
 @stack.command()
-def env() -> None:
-    """Print the connection settings as shell export lines."""
+@click.option("--admin", is_flag=True,
+              help="Also print the admin storage user's credentials and the Kafka and Redis "
+                   "endpoints (for the admin CLI on another shell; never the root key).")
+def env(admin: bool) -> None:
+    """Print what a client needs as shell export lines: the gateway URL and the dev key."""
     from app.stack.layout import Layout
     from app.stack.manage import env_lines
     from app.stack.secrets import ensure_secrets
@@ -96,7 +99,7 @@ def env() -> None:
     ensure_secrets(Layout.from_settings(get_settings()).secrets)  # same values `up` will use
     get_settings.cache_clear()
     settings = get_settings()
-    for line in env_lines(settings):
+    for line in env_lines(settings, admin=admin):
         click.echo(line)
 
 

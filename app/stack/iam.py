@@ -23,13 +23,18 @@ policy (``imagerec-<component>``) lists the S3 actions those paths perform:
     a missing input is a 404, not an access error) and the model registry (Get/List
     ``models``). It cannot write ``models``: model files are code, so
     only an admin (root credentials, ``imagerec models import``) may add or change them.
+``admin`` (the admin CLI: ``imagerec keys``, ``imagerec models``)
+    Get/Put/Delete/List on ``models`` (API key records under ``_auth/``, custom models and
+    the default pointer), HeadBucket for checks; no access to anyone's images. The CLI uses
+    this key instead of root's (``app.cli.admin_storage``), and ``imagerec stack env
+    --admin`` prints it; the root key is printed nowhere.
 ``api`` (a read-only reader of results)
     Get/List ``classification-results`` and ``processed-images`` (the result and its
     thumbnail), HeadBucket for readiness. The local stack serves
     the API from the workers (which hold the worker key); this key is for deployments that
     run the read side separately.
 
-Root credentials stay with the stack scripts (provisioning, this module) and the admin CLI.
+Root credentials stay with the stack scripts (provisioning, this module).
 
 Encryption at rest: MinIO's SSE-S3 needs a KMS; the static key ``MINIO_KMS_SECRET_KEY`` (a
 name and 32 random bytes, generated once into ``secrets.env``) is the single-node form of it.
@@ -53,7 +58,7 @@ from minio.error import MinioAdminException
 
 from app.settings import Settings
 
-COMPONENTS = ("uploader", "classifier", "worker", "api")
+COMPONENTS = ("uploader", "classifier", "worker", "api", "admin")
 KMS_KEY_NAME = "imagerec-sse"
 KMS_ENV = "IMAGEREC_MINIO_KMS_SECRET_KEY"
 POLICY_PREFIX = "imagerec-"
@@ -170,6 +175,11 @@ def policies(settings: Settings) -> dict[str, dict[str, Any]]:
             _allow(["s3:ListBucket"], [_bucket(inp), _bucket(proc), _bucket(results)]),
             _allow(["s3:HeadBucket"], every_bucket),  # /readyz checks every bucket
             *read_models,
+        ],
+        "admin": [
+            _allow(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [_objects(models)]),
+            _allow(["s3:ListBucket"], [_bucket(models)]),
+            _allow(["s3:HeadBucket"], every_bucket),
         ],
         "api": [
             _allow(["s3:GetObject"], [_objects(results), _objects(proc)]),

@@ -387,20 +387,28 @@ def ctl(action: str, name: str) -> None:
         raise StackError(f"unknown action {action!r}")
 
 
-def env_lines(settings: Settings) -> list[str]:
-    """Shell ``export`` lines a client needs to talk to this stack."""
+def env_lines(settings: Settings, admin: bool = False) -> list[str]:
+    """Shell ``export`` lines a client needs to talk to this stack: the gateway and a key.
+
+    Storage credentials only with ``admin``, and then the admin MinIO user's (app.stack.iam),
+    never the root key."""
     layout = Layout.from_settings(settings)
-    values = {
-        "IMAGEREC_GATEWAY_URL": settings.gateway_url,
-        "IMAGEREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "IMAGEREC_S3_ENDPOINT": settings.s3_endpoint,
-        "IMAGEREC_S3_ACCESS_KEY": settings.s3_access_key,
-        "IMAGEREC_S3_SECRET_KEY": settings.s3_secret_key,
-        "IMAGEREC_REDIS_URL": settings.redis_url,
-    }
-    if settings.sentinels:
-        values["IMAGEREC_REDIS_SENTINELS"] = settings.redis_sentinels
-        values["IMAGEREC_REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master
+    values = {"IMAGEREC_GATEWAY_URL": settings.gateway_url}
+    if admin:
+        from app.stack import iam
+        from app.stack.secrets import read_env_file
+
+        access, secret = iam.component_credentials("admin", read_env_file(layout.secrets))
+        values.update({
+            "IMAGEREC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "IMAGEREC_S3_ENDPOINT": settings.s3_endpoint,
+            "IMAGEREC_S3_ACCESS_KEY": access,
+            "IMAGEREC_S3_SECRET_KEY": secret,
+            "IMAGEREC_REDIS_URL": settings.redis_url,
+        })
+        if settings.sentinels:
+            values["IMAGEREC_REDIS_SENTINELS"] = settings.redis_sentinels
+            values["IMAGEREC_REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master
     dev_key = layout.home / "dev-api-key"
     if dev_key.exists():
         values["IMAGEREC_API_KEY"] = dev_key.read_text().strip()

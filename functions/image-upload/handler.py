@@ -6,6 +6,10 @@ Body: the raw image (``Content-Type: image/*``) or multipart/form-data with one 
 or 200 with the earlier result of identical bytes, exactly like the Faust view: both call
 ``app.ingest.accept``. Errors: 400, 413, 415, 422, and 503 with Retry-After.
 
+The image belongs to the caller's tenant, which the gateway's key check sets in
+``X-Api-Tenant`` (``app.tenancy``); a request without it (one that did not pass the gateway)
+is a 401.
+
 Runs with the ``uploader`` MinIO key (``app.stack.iam``): it can add originals, not read,
 list or delete them.
 """
@@ -34,6 +38,7 @@ from app import ingest  # noqa: E402
 from app.broker import get_publisher  # noqa: E402
 from app.runtime import current_model_ref  # noqa: E402
 from app.settings import get_settings  # noqa: E402
+from app.tenancy import from_headers  # noqa: E402
 
 support.setup_logging("fn-image-upload")
 LOOP = support.BackgroundLoop("image-upload")
@@ -44,12 +49,17 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
     """Accept one image for asynchronous classification."""
     if event.method != "POST":
         return support.method_not_allowed("POST")
+    who = from_headers(event.headers)
+    if who is None:
+        return support.error_body(401, "unauthorized", "missing API key: call this function "
+                                  "through the gateway with Authorization: Bearer KEY")
     try:
         data, fields = support.read_image(event, get_settings().max_upload_bytes)
         callback_url = fields.get("callback_url") or event.query.get("callback_url")
         rid = support.request_id(event)
         status, body = LOOP.run(ingest.accept(
-            data, request_id=rid, callback_url=callback_url, model_ref=current_model_ref),
+            data, tenant=who.tenant, request_id=rid, callback_url=callback_url,
+            model_ref=current_model_ref),
             request_id=rid)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the API's JSON error
         return support.error_response(exc)

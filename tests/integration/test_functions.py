@@ -8,11 +8,8 @@ stack has one (``.stack/dev-api-key``), which the gateway fixture adds.
 
 from __future__ import annotations
 
-import http.server
 import json
-import queue
 import secrets
-import threading
 
 import pytest
 
@@ -45,29 +42,10 @@ def test_upload_function_returns_an_id_the_pipeline_completes(gateway) -> None: 
     assert result["labels"] and result["model"]["name"]
 
 
-class _Hooks(http.server.BaseHTTPRequestHandler):
-    received: queue.Queue = queue.Queue()
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.received.put((dict(self.headers), body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
-def webhook():  # noqa: ANN201
-    """A local receiver for callback_url; yields (url, queue of (headers, body))."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
-    _Hooks.received = queue.Queue()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hooks.received
-    server.shutdown()
-    server.server_close()
+def webhook(receiver):  # noqa: ANN001, ANN201
+    """The allow-listed receiver (tests/conftest.py); yields (url, queue of (headers, body))."""
+    return receiver.url, receiver.received
 
 
 def test_upload_function_takes_multipart_and_a_callback_url(gateway, settings,  # noqa: ANN001

@@ -4,6 +4,10 @@ It runs the schemathesis CLI (all phases: examples, coverage incl. invalid input
 stateful) with a key of its own, so the per-key rate limit of the development key used by
 other tests is not consumed, and requires no 5xx, no undocumented status code, no response
 that breaks its schema or content type, no accepted invalid input, and 401 without the key.
+
+Two tenants: before the run a key of a second tenant uploads images; a custom check
+(tests/schemathesis_tenancy_hooks.py) fails the run if any response to the fuzzing key
+carries that tenant's ids, name or image digests.
 """
 
 from __future__ import annotations
@@ -79,7 +83,28 @@ def test_document_is_served_without_a_key_and_covers_the_api(base: str) -> None:
                 assert "401" in codes, (method, path)
 
 
+@pytest.fixture(scope="module")
+def other_tenant(base: str) -> str:
+    """Markers of a second tenant's finished images (ids, tenant, digests), comma-separated."""
+    from tests.conftest import Gateway, photo_variants
+
+    keystore = KeyStore(settings=get_settings())
+    name = f"test-victim-{uuid.uuid4().hex[:8]}"
+    key = keystore.create(name)
+    time.sleep(1.0)  # past the workers' miss-refresh interval
+    victim = Gateway(base, key)
+    markers = [name]
+    for data in photo_variants(3, seed=int(time.time())):
+        reply = victim.upload(data)
+        assert reply.status == 202, reply.body[:300]
+        done = victim.wait_done(reply.json()["id"])
+        markers += [done["id"], done["sha256"]]
+    yield ",".join(markers)
+    keystore.delete(name)
+
+
 def test_schemathesis_finds_no_server_error_or_schema_violation(base: str, fuzz_key: str,
+                                                                other_tenant: str,
                                                                 tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "schemathesis"
     cmd = [
@@ -98,8 +123,12 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(base: str, fuzz_
         "--no-color",
     ]
     started = time.monotonic()
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": "tests.schemathesis_tenancy_hooks",
+           "IMAGEREC_FOREIGN_MARKERS": other_tenant,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_COLOR": "1"})
+                          env=env)
     took = time.monotonic() - started
     output = done.stdout + done.stderr
     summary = output[output.rfind("SUMMARY"):] if "SUMMARY" in output else output[-3000:]

@@ -17,6 +17,7 @@ import redis
 
 from app import names
 from app import results as res
+from app.apikeys import DEV_KEY_NAME
 from app.ids import new_image_id
 from app.redisconn import redis_client
 from app.settings import get_settings
@@ -248,7 +249,7 @@ def test_garbage_and_missing_objects_do_not_stop_the_agent(gateway, settings) ->
     dlq_start = end_offsets(settings.kafka_bootstrap, settings.topic_dlq)
     garbage = b"\x00\xffnot json at all " + uuid.uuid4().bytes
     missing = res.UploadEvent(id=new_image_id(), sha256="0" * 64, format="jpeg", size=10,
-                              created_at=res.now_iso())
+                              created_at=res.now_iso(), tenant=DEV_KEY_NAME)
     produce(settings.kafka_bootstrap, settings.topic_uploads,
             [(b"garbage", garbage), (missing.id.encode(), missing.to_bytes())])
     after = gateway.upload(photo_variants(1, seed=int(time.time()) % 9999 + 5)[0])
@@ -272,7 +273,8 @@ def test_minio_down_answers_503_and_queued_events_complete_later(gateway, settin
         import hashlib
 
         event = res.UploadEvent(id=new_image_id(), sha256=hashlib.sha256(data).hexdigest(),
-                                format="jpeg", size=len(data), created_at=res.now_iso())
+                                format="jpeg", size=len(data), created_at=res.now_iso(),
+                                tenant=DEV_KEY_NAME)  # the development key's tenant
         store.put_bytes(settings.bucket_input, names.original_key(event.id), data,
                         "image/jpeg")
         events.append(event)
@@ -403,7 +405,8 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
     data = photo_variants(1, seed=5150 + int(time.time()))[0]
     old = str(ULID.from_timestamp(time.time() - settings.reconcile_grace_s - 60))
     store.put_bytes(settings.bucket_input, names.original_key(old), data, "image/jpeg",
-                    {"sha256": hashlib.sha256(data).hexdigest(), "created-at": res.now_iso()})
+                    {"sha256": hashlib.sha256(data).hexdigest(), "created-at": res.now_iso(),
+                     "tenant": DEV_KEY_NAME})
     assert gateway.get(f"/v1/images/{old}").json()["status"] == "queued"
 
     until = time.time() - settings.reconcile_grace_s
@@ -411,6 +414,7 @@ def test_reconciler_enqueues_an_original_that_never_got_an_event(gateway, settin
     assert run_fresh(reconcile_once(store, settings, since, until)) >= 1
     result = gateway.wait_done(old)
     assert result["status"] == "done" and result["labels"]
+    assert result["tenant"] == DEV_KEY_NAME  # the reconciler keeps the uploader's tenant
     assert old not in run_fresh(find_orphans(store, settings, since, until))
 
 
@@ -458,42 +462,19 @@ def test_leader_records_where_its_reconciler_pass_stopped(settings, rds) -> None
     assert mark <= time.time() - settings.reconcile_grace_s + 1
 
 
-def test_callback_url_receives_the_signed_result(gateway, settings) -> None:
+def test_callback_url_receives_the_signed_result(gateway, settings, receiver) -> None:  # noqa: ANN001
     import hashlib
     import hmac
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    got: list[tuple[dict, bytes]] = []
-    arrived = threading.Event()
+    import urllib3
 
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append((dict(self.headers), body))
-            self.send_response(204)
-            self.end_headers()
-            arrived.set()
-
-        def log_message(self, *args) -> None:  # noqa: ANN002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        import urllib3
-
-        fields = {"file": ("p.jpg", photo_variants(1, seed=8080 + int(time.time()))[0],
-                           "image/jpeg"), "callback_url": url}
-        body, ctype = urllib3.encode_multipart_formdata(fields)
-        reply = gateway.post_raw("/v1/images", body, ctype)
-        assert reply.status == 202, reply.body
-        image_id = reply.json()["id"]
-        assert arrived.wait(60), "the webhook never arrived"
-    finally:
-        server.shutdown()
-    headers, payload = got[0]
+    fields = {"file": ("p.jpg", photo_variants(1, seed=8080 + int(time.time()))[0],
+                       "image/jpeg"), "callback_url": receiver.url}
+    body, ctype = urllib3.encode_multipart_formdata(fields)
+    reply = gateway.post_raw("/v1/images", body, ctype)
+    assert reply.status == 202, reply.body
+    image_id = reply.json()["id"]
+    headers, payload = receiver.received.get(timeout=60)
     result = json.loads(payload)
     assert result["id"] == image_id and result["status"] == "done"
     assert "callback_url" not in result

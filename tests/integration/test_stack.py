@@ -14,6 +14,7 @@ import pytest
 from app.redisconn import redis_client
 from app.stack.layout import Layout
 from app.stack.manage import ctl
+from app.stack.secrets import read_env_file
 from app.storage import make_minio
 from tests.kafkatools import end_offsets, produce, read_from
 
@@ -153,14 +154,35 @@ def test_port_in_use_fails_naming_port_and_service(settings, tmp_path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_stack_env_prints_connection_settings(settings) -> None:
+def _exports(stdout: str) -> dict[str, str]:
+    return {k: v.strip("'") for k, v in (line.removeprefix("export ").split("=", 1)
+                                         for line in stdout.splitlines())}
+
+
+def test_stack_env_prints_what_a_client_needs_and_no_storage_secret(settings) -> None:
     done = imagerec("stack", "env")
     assert done.returncode == 0
-    lines = dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines())
-    for name in ("IMAGEREC_GATEWAY_URL", "IMAGEREC_KAFKA_BOOTSTRAP", "IMAGEREC_S3_ENDPOINT",
-                 "IMAGEREC_S3_ACCESS_KEY", "IMAGEREC_S3_SECRET_KEY", "IMAGEREC_REDIS_URL"):
-        assert lines.get(name), name
-    assert lines["IMAGEREC_S3_ACCESS_KEY"].strip("'") == settings.s3_access_key
+    lines = _exports(done.stdout)
+    assert lines["IMAGEREC_GATEWAY_URL"] == settings.gateway_url
+    assert lines.get("IMAGEREC_API_KEY")
+    assert not any(name.startswith("IMAGEREC_S3_") for name in lines)
+    # No generated secret's value appears anywhere in the output, under any name.
+    stored = read_env_file(Layout.from_settings(settings).secrets)
+    for name, value in stored.items():
+        if len(value) >= 12:
+            assert value not in done.stdout, f"stack env leaks {name}"
+
+
+def test_stack_env_admin_prints_the_admin_user_never_root(settings) -> None:
+    from app.stack import iam
+
+    done = imagerec("stack", "env", "--admin")
+    assert done.returncode == 0
+    lines = _exports(done.stdout)
+    stored = read_env_file(Layout.from_settings(settings).secrets)
+    access, secret = iam.component_credentials("admin", stored)
+    assert (lines["IMAGEREC_S3_ACCESS_KEY"], lines["IMAGEREC_S3_SECRET_KEY"]) == (access, secret)
+    assert settings.s3_secret_key not in done.stdout and settings.s3_access_key not in done.stdout
 
 
 def test_secrets_file_is_private(settings) -> None:

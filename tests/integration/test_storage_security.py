@@ -146,3 +146,38 @@ def test_an_uploaded_original_is_encrypted_at_rest(settings, stored_original) ->
     middle = len(photo) // 2
     for start in (middle, middle + 1000, len(photo) - 200):
         assert photo[start:start + 64] not in on_disk
+
+
+def test_the_admin_user_reaches_the_models_bucket_only(settings, stored_original) -> None:  # noqa: ANN001
+    """The admin CLI's key (not root's): key records and models, never anyone's images."""
+    key, _ = stored_original
+    admin = _client(settings, "admin")
+    probe = f"_auth/api-keys/probe-{secrets.token_hex(4)}.json"
+    _put(admin, settings.bucket_models, probe, b"{}")
+    assert probe in [o.object_name for o in admin.list_objects(settings.bucket_models,
+                                                                prefix="_auth/", recursive=True)]
+    admin.remove_object(settings.bucket_models, probe)
+    _denied(lambda: admin.get_object(settings.bucket_input, key))
+    _denied(lambda: admin.list_objects(settings.bucket_input))
+    _denied(lambda: admin.list_objects(settings.bucket_results))
+    _denied(lambda: _put(admin, settings.bucket_input, new_image_id()))
+
+
+def test_admin_cli_commands_use_the_admin_user(settings, monkeypatch) -> None:  # noqa: ANN001
+    """`imagerec keys` / `models` switch to the admin user's credentials before any S3 call."""
+    from app.cli.admin_storage import use_admin_storage
+    from app.settings import get_settings
+    from app.storage import get_store
+
+    values = read_env_file(Layout.from_settings(settings).secrets)
+    access, _ = iam.component_credentials("admin", values)
+    monkeypatch.setenv("IMAGEREC_S3_ACCESS_KEY", settings.s3_access_key)
+    monkeypatch.setenv("IMAGEREC_S3_SECRET_KEY", settings.s3_secret_key)  # undo restores both
+    try:
+        assert use_admin_storage()
+        assert get_settings().s3_access_key == access != settings.s3_access_key
+        assert get_store().client._provider.retrieve().access_key == access  # noqa: SLF001
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        get_store.cache_clear()

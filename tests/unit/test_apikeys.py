@@ -150,7 +150,8 @@ def test_records_list_never_exposes_hash_or_key(keystore: KeyStore) -> None:
     rows = apikeys.format_records(keystore.records())
     assert [r["name"] for r in rows] == ["a1", "b2"]
     assert rows[0]["active"] is False and rows[1]["active"] is True
-    assert all(set(r) == {"name", "created", "revoked", "active"} for r in rows)
+    assert all(set(r) == {"name", "tenant", "scopes", "rate_limit", "created", "expires",
+                          "revoked", "active"} for r in rows)
 
 
 def test_delete_forgets_the_record(keystore: KeyStore) -> None:

@@ -308,3 +308,19 @@ def test_inspect_reads_only_the_header() -> None:
         inspect(b"plain text")
     chelsea = s.jpeg("chelsea")
     assert inspect(chelsea[: len(chelsea) // 2])[0] == "jpeg"  # body damage: decode's job
+
+
+# Found by fuzz/harness_image.py (docs/SECURITY.md): a 58-byte TIFF whose StripOffsets tag is
+# ASCII. Its header is valid, so inspect() accepts it; decoding made Pillow seek to a str and
+# a TypeError escaped decode(), which /v1/classify answered with a 500.
+TIFF_ASCII_STRIP_OFFSETS = bytes.fromhex(
+    "49492a00080000000a0000010400010000002000000001010400010000001800000002010300010000000200"
+    "001011010200010000000001e0bf")
+
+
+def test_a_tiff_with_ascii_strip_offsets_is_undecodable_not_a_crash() -> None:
+    assert inspect(TIFF_ASCII_STRIP_OFFSETS)[0] == "tiff"
+    with pytest.raises(UndecodableImage):
+        decode(TIFF_ASCII_STRIP_OFFSETS)
+    with pytest.raises(UndecodableImage):
+        prepare(TIFF_ASCII_STRIP_OFFSETS, PreprocessSpec())

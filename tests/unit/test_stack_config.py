@@ -237,3 +237,26 @@ def test_cluster_gateway_rests_a_failing_worker_and_the_s3_balancer_never(tmp_pa
     s3 = (layout.run / "s3-lb" / "nginx.conf").read_text()
     assert s3.count("max_fails=0") == 4
     assert "proxy_set_header Host $http_host" in s3  # S3 signatures cover the Host header
+
+
+def test_stack_env_prints_no_storage_secret_and_admin_never_root(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from app.stack.manage import env_lines
+
+    for name in ("IMAGEREC_S3_ADMIN_ACCESS_KEY", "IMAGEREC_S3_ADMIN_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    layout = Layout(home=tmp_path)
+    layout.ensure()
+    values = ensure_secrets(layout.secrets)
+    (tmp_path / "dev-api-key").write_text("irk_dev\n")
+    settings = Settings(home=tmp_path, s3_access_key=values["IMAGEREC_S3_ACCESS_KEY"],
+                        s3_secret_key=values["IMAGEREC_S3_SECRET_KEY"])
+    plain = "\n".join(env_lines(settings))
+    assert "IMAGEREC_GATEWAY_URL" in plain and "irk_dev" in plain
+    assert "IMAGEREC_S3" not in plain
+    for value in values.values():
+        assert value not in plain
+    admin = "\n".join(env_lines(settings, admin=True))
+    assert values["IMAGEREC_S3_ADMIN_ACCESS_KEY"] in admin
+    assert values["IMAGEREC_S3_ADMIN_SECRET_KEY"] in admin
+    assert values["IMAGEREC_S3_SECRET_KEY"] not in admin
+    assert values["IMAGEREC_S3_ACCESS_KEY"] not in admin

@@ -676,7 +676,7 @@ function connectEvents() {
     state.liveOpen = false;
     if (source.readyState === EventSource.CLOSED) {
       // The browser gives up on a non-200 answer; find out why, then try again later.
-      explainClosedStream(query);
+      explainClosedStream(query, source);
       const delay = state.sourceRetryMs;
       state.sourceRetryMs = Math.min(state.sourceRetryMs * 2, 30000);
       setTimeout(() => { if (state.source === source) connectEvents(); }, delay);
@@ -686,10 +686,16 @@ function connectEvents() {
   });
 }
 
-async function explainClosedStream(query) {
+async function explainClosedStream(query, source) {
   const ctrl = new AbortController();
   try {
     const resp = await fetch(`/v1/events${query}`, { signal: ctrl.signal });
+    if (state.source !== source) {
+      // A newer stream (e.g. opened with a key saved meanwhile) owns the status now: an
+      // answer about the old one's key must not overwrite it.
+      ctrl.abort();
+      return;
+    }
     if (resp.status === 401) {
       const body = parseJson(await resp.text());
       setLive("bad", state.apiKey ? "key rejected" : "needs an API key");
@@ -700,7 +706,7 @@ async function explainClosedStream(query) {
       loadGallery();   // no stream to open: show the recent list anyway
     }
   } catch {
-    setLive("bad", "off (gateway unreachable)");
+    if (state.source === source) setLive("bad", "off (gateway unreachable)");
   }
 }
 
