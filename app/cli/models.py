@@ -115,39 +115,55 @@ def list_(ctx: click.Context, as_json: bool) -> None:
               help="Input side in pixels, for models that accept any size.")
 @click.option("--output", type=click.Choice(["logits", "probs"]), default=None,
               help="What the model outputs (default: detected by a test inference).")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None,
+              help="A directory of typical input images (100-500): also build an int8 variant "
+                   "calibrated on them; workers use it if it agrees with fp32.")
 @click.pass_context
 def import_(ctx: click.Context, file: Path, labels_path: Path, name: str, normalisation: str,
-            input_size: int | None, output: str | None) -> None:
+            input_size: int | None, output: str | None, calibration: Path | None) -> None:
     """Validate a Keras model FILE (.keras/.h5) and store it as the next version of NAME."""
 
+    images = sorted(p for p in calibration.rglob("*") if p.is_file()) if calibration else None
     with _model_store_errors():
         with quiet_native_stderr():
             info = _registry(ctx).import_model(file, labels_path, name,
                                                normalisation=normalisation,
-                                               input_size=input_size, output=output)
+                                               input_size=input_size, output=output,
+                                               calibration=images)
     click.echo(f"imported {info.ref}: {info.num_classes} classes, input {info.input_size}px, "
-               f"{info.output}, normalisation {info.spec.normalisation}")
+               f"{info.output}, normalisation {info.spec.normalisation}, "
+               f"variants {', '.join(info.variants)}")
 
 
 @models.command("set-default")
 @click.argument("ref", metavar="NAME[:VERSION]")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Load the model and run a test inference before switching.")
+@click.option("--engine", default=None, metavar="ENGINE",
+              help="Force this engine on every worker (litert-fp32, litert-int8, ...); "
+                   "default: each worker's IMAGEREC_ENGINE (normally auto).")
 @click.pass_context
-def set_default(ctx: click.Context, ref: str, check: bool) -> None:
+def set_default(ctx: click.Context, ref: str, check: bool, engine: str | None) -> None:
     """Make NAME (newest version) or NAME:VERSION the default; workers switch within
-    ``model_poll_s`` seconds, without a restart."""
+    ``model_poll_s`` seconds, without a restart. A forced engine that fails the fp32 check
+    is refused here (with --check) and by every worker, which keep serving what they had."""
     from app.model.classifier import Classifier
     from app.model.registry import parse_ref
 
     registry = _registry(ctx)
     name, version = parse_ref(ref)
     with _model_store_errors():
+        if engine:
+            from app.model.engine import canonical
+
+            engine = canonical(engine)
         if check:
             with quiet_native_stderr():
-                Classifier(registry, model=ref).close()
-        registry.set_default(name, version)
-    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)"))
+                Classifier(registry, model=ref, engine=engine).close()
+        registry.set_default(name, version, engine=engine)
+    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)")
+               + (f", engine {engine}" if engine else ""))
 
 
 @models.command("convert")

@@ -46,13 +46,16 @@ class LoadedModel:
     """A model's metadata together with the engine that runs it; swapped as one unit.
 
     ``info`` describes the variant the engine runs (its version is what results name);
-    ``requested`` is the (name, version) this was loaded for, which ``check_default`` compares
-    with the registry's default; ``trials`` is the engine selection table.
+    ``requested`` is the (name, version asked for or "", version it meant, engine request)
+    this was loaded for (unpinned and pinned differ: unpinned lets the engine pick a variant),
+    which
+    ``check_default`` compares with the registry's default; ``trials`` is the engine
+    selection table.
     """
 
     info: ModelInfo
     engine: Engine
-    requested: tuple[str, str] = ("", "")
+    requested: tuple[str, str, str, str] = ("", "", "", "")
     trials: tuple[Trial, ...] = ()
 
     @property
@@ -129,18 +132,20 @@ class Classifier:
         self._retry_after = retry_failed_after_s
         self._failed: dict[tuple[str, str], float] = {}
         self._reload_lock = threading.Lock()
+        engine_request = None
         if model:
             name, version = parse_ref(model)
         else:
             try:
                 name, version = self.registry.default_ref()
+                engine_request = self.registry.default_engine()
             except Exception as exc:  # noqa: BLE001 - store down at start: serve the configured
                 # default now; check_default switches once the store answers again.
                 from app.settings import get_settings
 
                 name, version = parse_ref(get_settings().default_model)
                 log.warning("cannot read the default model (%s); starting with %s", exc, name)
-        self._current = self._load(name, version)
+        self._current = self._load(name, version, engine_request)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="inference")
 
@@ -210,13 +215,19 @@ class Classifier:
 
     # ---- default switching ---------------------------------------------------------------
 
-    def _load(self, name: str, version: str | None) -> LoadedModel:
-        """Materialise, choose and check the engine, prove it runs; raises on any failure."""
+    def _engine_request(self, from_default: str | None) -> str:
+        """Which engine to ask for: this classifier's own (CLI ``--engine``), else the
+        default's (``set-default --engine``), else settings ``engine``."""
         from app.settings import get_settings
 
+        return self._engine_kind or from_default or get_settings().engine
+
+    def _load(self, name: str, version: str | None,
+              engine_request: str | None = None) -> LoadedModel:
+        """Materialise, choose and check the engine, prove it runs; raises on any failure."""
         info = self.registry.get(name, version)
-        requested = (info.name, info.version)
-        kind = self._engine_kind or get_settings().engine
+        kind = self._engine_request(engine_request)
+        requested = (info.name, version or "", info.version, kind)
         engine, trials = select_engine(info.keras_path.parent, info.spec, info.variants, kind,
                                        threads=self._threads, output=info.output,
                                        extra=self._extra_engines)
@@ -240,27 +251,31 @@ class Classifier:
             return False
         with self._reload_lock:
             try:
-                name, version = self.registry.default_ref()
-                version = self.registry.resolve_version(name, version)
+                name, pinned = self.registry.default_ref()
+                version = self.registry.resolve_version(name, pinned)
+                engine = self.registry.default_engine()
             except Exception as exc:  # noqa: BLE001 - keep serving whatever goes wrong
                 log.warning("cannot read the default model, keeping %s: %s",
                             self.model.ref, exc)
                 return False
-            if (name, version) == self._current.requested:
+            wanted = (name, pinned or "", version, self._engine_request(engine))
+            if wanted == self._current.requested:
                 return False
-            failed_at = self._failed.get((name, version))
+            failed_at = self._failed.get(wanted)
             if failed_at is not None and time.monotonic() - failed_at < self._retry_after:
                 return False
             try:
-                new = self._load(name, version)
+                new = self._load(name, pinned, engine)
             except Exception as exc:  # noqa: BLE001 - a bad default must not stop serving
-                self._failed[(name, version)] = time.monotonic()
-                log.error("new default %s:%s failed to load, still serving %s: %s",
-                          name, version, self.model.ref, exc)
+                self._failed[wanted] = time.monotonic()
+                log.error("new default %s:%s (engine %s) failed to load, still serving %s "
+                          "(%s): %s", name, version, wanted[3], self.model.ref,
+                          self._current.engine.name, exc)
                 return False
-            self._failed.pop((name, version), None)
+            self._failed.pop(wanted, None)
             old, self._current = self._current, new
-            log.info("default model switched from %s to %s", old.info.ref, new.info.ref)
+            log.info("default model switched from %s (%s) to %s (%s)", old.info.ref,
+                     old.engine.name, new.info.ref, new.engine.name)
             return True
 
     async def maybe_reload(self) -> bool:

@@ -113,6 +113,22 @@ def arrays(images: Iterator[Image.Image], spec: PreprocessSpec) -> np.ndarray:
     return np.stack([to_array(model_input(img, spec), spec) for img in images])
 
 
+def file_arrays(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
+    """A user's calibration images (custom models), decoded and preprocessed as requests are;
+    files that are not images are skipped."""
+    from app.imaging import ImageError, prepare
+
+    out = []
+    for path in paths:
+        try:
+            out.append(prepare(Path(path).read_bytes(), spec)[1])
+        except (ImageError, OSError):
+            continue
+    if not out:
+        raise ValueError("no usable calibration images")
+    return np.stack(out)
+
+
 def calibration_arrays(spec: PreprocessSpec, count: int = 300) -> np.ndarray:
     return arrays(calibration_images(count), spec)
 

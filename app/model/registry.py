@@ -9,8 +9,11 @@ offline use and tests).
 
 Layout in the ``models`` bucket::
 
-    _default.json                              {"name": ..., "version": ... | null}
+    _default.json                              {"name": ..., "version": ... | null,
+                                                "engine": ... | null}
     custom/<name>/<version>/model.keras
+    custom/<name>/<version>/model.tflite       fp32 engine file, built at import
+    custom/<name>/<version>/model.int8.tflite  when the import supplied calibration images
     custom/<name>/<version>/labels.json
     custom/<name>/<version>/info.json          written last: a version exists once it is there
 """
@@ -269,14 +272,30 @@ class ModelRegistry:
         data = json.loads(raw)
         return str(data["name"]), (str(data["version"]) if data.get("version") else None)
 
-    def set_default(self, name: str, version: str | None = None) -> tuple[str, str | None]:
+    def default_engine(self) -> str | None:
+        """The engine the default names (``set-default --engine``), None for the settings'.
+
+        Read separately from ``default_ref`` so that callers that only need the model stay
+        as they are; raises like ``default_ref`` when the store is unreachable.
+        """
+        try:
+            raw = self.store.get_bytes(self.bucket, DEFAULT_KEY)
+        except KeyError:
+            return None
+        engine = json.loads(raw).get("engine")
+        return str(engine) if engine else None
+
+    def set_default(self, name: str, version: str | None = None, *,
+                    engine: str | None = None) -> tuple[str, str | None]:
         """Make ``name[:version]`` the default; ``version=None`` follows the newest version.
 
-        Checks that the model exists; whether it loads is each worker's check, and a worker
-        whose load fails keeps serving its current model.
+        ``engine`` forces an engine fleet-wide (None: each process's settings, normally
+        ``auto``). Checks that the model exists; whether it loads is each worker's check, and
+        a worker whose load fails (or whose forced engine fails the fp32 check) keeps serving
+        its current model.
         """
         self._check_exists(name, version)
-        body = {"name": name, "version": version, "set_at": _now()}
+        body = {"name": name, "version": version, "engine": engine, "set_at": _now()}
         self.store.put_bytes(self.bucket, DEFAULT_KEY, json.dumps(body).encode())
         return name, version
 
@@ -316,7 +335,8 @@ class ModelRegistry:
         for name, version, info in customs:
             entries.append(ModelEntry(name, version, info.get("architecture", "keras"), "custom",
                                       True, is_default(name, version),
-                                      f"{info.get('num_classes', '?')} classes",
+                                      f"{info.get('num_classes', '?')} classes; variants "
+                                      f"{', '.join(info.get('variants', ['fp32']))}",
                                       info.get("created", "")))
         return entries
 
@@ -464,17 +484,27 @@ class ModelRegistry:
             path.mkdir(parents=True, exist_ok=True)
             atomic_write(keras_path, data)
         spec = PreprocessSpec.from_dict(info["preprocess"])
-        convert.ensure_isolated(path, spec, int8=False)
+        variants = tuple(info.get("variants", ["fp32"]))
+        for fname, digest in info.get("files", {}).items():  # engine files built at import
+            target = path / fname
+            if not target.exists() or sha256_file(target) != digest:
+                blob = self.store.get_bytes(self.bucket, prefix + fname)
+                if hashlib.sha256(blob).hexdigest() != digest:
+                    raise ModelError(f"{name}:{version}: stored {fname} does not match its sha256")
+                atomic_write(target, blob)
+        convert.ensure_isolated(path, spec, int8=False)  # versions imported before engine files
         labels = json.loads(self.store.get_bytes(self.bucket, prefix + "labels.json"))
         return ModelInfo(name, version, info.get("architecture", "keras"), spec, tuple(labels),
                          output=info.get("output", "logits"), source="custom", path=path,
-                         sha256=info["sha256"], created=info.get("created", ""))
+                         sha256=info["sha256"], created=info.get("created", ""),
+                         variants=variants)
 
     # ---- import ----------------------------------------------------------------------------
 
     def import_model(self, path: str | Path, labels_path: str | Path, name: str, *,
                      normalisation: str = "tf", crop_fraction: float = 224 / 256,
-                     input_size: int | None = None, output: str | None = None) -> ModelInfo:
+                     input_size: int | None = None, output: str | None = None,
+                     calibration: list[Path] | None = None) -> ModelInfo:
         """Validate a Keras model + labels file and store them as the next version of ``name``.
 
         Refused (``ModelError``) unless: the name is valid and not a built-in; the file loads
@@ -482,6 +512,9 @@ class ModelRegistry:
         number of labels; and a test inference gives finite outputs of that shape.
         ``output`` ("logits"/"probs") is detected from the test inference when not given.
         Importing the same model and labels again returns the existing version.
+        The fp32 TFLite engine file is built here (workers never need TensorFlow); with
+        ``calibration`` images a full-integer int8 variant is built too, calibrated on them,
+        and workers' ``auto`` engine choice may pick it (after the fp32 agreement check).
         """
         path, labels_path = Path(path), Path(labels_path)
         if not _NAME_RE.match(name) or name in BUILTINS:
@@ -505,10 +538,22 @@ class ModelRegistry:
         detected = _test_inference(model, spec, n_out)
         output = output or detected
 
+        engine_files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory() as tmp:
             keras_tmp = Path(tmp) / "model.keras"
             model.save(keras_tmp)  # .h5 or .keras in, one canonical format out
             data = keras_tmp.read_bytes()
+            fp32 = convert.build_fp32(keras_tmp, size, model=model)
+            engine_files[fp32.name] = fp32.read_bytes()
+            if calibration:
+                from app.model.photos import file_arrays
+
+                try:
+                    samples = file_arrays(list(calibration), spec)
+                except ValueError as exc:
+                    raise ModelError(f"calibration: {exc}") from exc
+                int8 = convert.build_int8(keras_tmp, spec, samples, model=model)
+                engine_files[int8.name] = int8.read_bytes()
         sha = hashlib.sha256(data).hexdigest()  # integrity of the stored file
         content_sha = _content_sha256(model)  # sameness: the saved file embeds a timestamp
         labels_sha = hashlib.sha256(json.dumps(labels).encode()).hexdigest()
@@ -526,9 +571,13 @@ class ModelRegistry:
                          created=_now())
         prefix = f"{CUSTOM_PREFIX}{name}/{version}/"
         self.store.put_bytes(self.bucket, prefix + "model.keras", data)
+        for fname, blob in engine_files.items():
+            self.store.put_bytes(self.bucket, prefix + fname, blob)
         self.store.put_bytes(self.bucket, prefix + "labels.json", json.dumps(labels).encode())
+        variants = ["fp32"] + (["int8"] if convert.INT8_NAME in engine_files else [])
         body = {**info.to_dict(), "labels_sha256": labels_sha, "content_sha256": content_sha,
-                "source_file": path.name}
+                "source_file": path.name, "variants": variants,
+                "files": {f: hashlib.sha256(b).hexdigest() for f, b in engine_files.items()}}
         self.store.put_bytes(self.bucket, prefix + "info.json", json.dumps(body).encode())
         log.info("imported %s (%d classes, %s)", info.ref, n_out, output)
         return self._custom(name, version)
