@@ -108,20 +108,14 @@ def rate(engine: Engine, batch: np.ndarray, rounds: int = TIMING_ROUNDS) -> floa
 
 
 def check_set(spec: PreprocessSpec) -> np.ndarray:
-    """The fixed check set, preprocessed for ``spec`` (memoised: every load uses it)."""
-    return _check_set(spec)
+    """The fixed check set, preprocessed for ``spec``.
 
+    Not memoised on purpose: 192 float images are 116 MB, which a worker would otherwise
+    carry for its whole life to save 1-2 s per model load.
+    """
+    from app.model.photos import check_arrays
 
-_CHECK_CACHE: dict[PreprocessSpec, np.ndarray] = {}
-
-
-def _check_set(spec: PreprocessSpec) -> np.ndarray:
-    if spec not in _CHECK_CACHE:
-        from app.model.photos import check_arrays
-
-        _CHECK_CACHE.clear()  # one model at a time: do not hold several 100 MB sets
-        _CHECK_CACHE[spec] = check_arrays(spec)
-    return _CHECK_CACHE[spec]
+    return check_arrays(spec)
 
 
 def reference_outputs(model_dir: Path, check: np.ndarray, make_reference: Callable[[], Engine]
