@@ -1,6 +1,6 @@
 """Engine benchmark: every inference engine at batch 1 and 8, agreement with fp32, worker RSS.
 
-Run: ``.venv/bin/python bench/engine.py`` (or ``make bench``); about two minutes on 2 cores.
+Run: ``.venv/bin/python bench/engine.py`` (or ``make bench``); about a minute on 2 cores.
 Prints the machine (CPU model and the flags that decide int8/bf16 speed), the engine table
 auto-selection logged, a table of every engine (images/second at batch 1 and 8, top-1 and
 top-5 agreement with fp32 on all check photos and on the confident ones), decoding speed, and
@@ -134,8 +134,8 @@ def worker_rss(engine: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="time per measurement")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (best kept)")
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
     parser.add_argument("--tf", action="store_true", help="add tf.function (loads TensorFlow)")
     args = parser.parse_args()
