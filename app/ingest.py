@@ -27,7 +27,8 @@ from app.storage import get_store
 
 log = get_logger(__name__)
 
-ModelRef = Callable[[], Awaitable[tuple[str, str] | None]]
+# (name, version), or one per model variant (fp32 and int8 results carry their own versions)
+ModelRef = Callable[[], Awaitable[tuple[str, str] | list[tuple[str, str]] | None]]
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
@@ -55,10 +56,14 @@ async def find_existing(sha256: str, model_ref: ModelRef | None) -> dict[str, An
     if model_ref is None:
         return None
     try:
-        ref = await model_ref()
-        if ref is None:
+        refs = await model_ref()
+        if not refs:
             return None
-        image_id = await cache.find_duplicate(sha256, *ref)
+        image_id = None
+        for ref in refs if isinstance(refs, list) else [refs]:  # each variant's version
+            image_id = await cache.find_duplicate(sha256, *ref)
+            if image_id is not None:
+                break
         if image_id is None:
             return None
         found = await cache.get_result(image_id)
