@@ -383,6 +383,7 @@ class ModelRegistry:
         versions = self._custom_versions(name)
         if not versions:
             raise ModelNotFound(f"no model named {name!r}")
+        version = _base_version(version)
         if version is not None and version not in versions:
             raise ModelNotFound(f"{name} has no version {version!r} (has {', '.join(versions)})")
 
@@ -464,6 +465,12 @@ class ModelRegistry:
                          sha256=sha)
 
     def _custom(self, name: str, version: str | None) -> ModelInfo:
+        if version is not None and _base_version(version) != version:  # "v3-int8r1"
+            info = self._custom(name, _base_version(version))
+            if "int8" not in info.variants:
+                raise ModelNotFound(f"{name}:{_base_version(version)} has no int8 variant "
+                                    "(import it with --calibration)")
+            return replace(info.as_variant("int8"), variants=("int8",))
         if version is None:
             version = self._latest_version(name)
             if version is None:
@@ -589,6 +596,14 @@ class ModelRegistry:
 
 
 _EFFICIENTNET_VERSIONS = (None, efficientnet_lite0.VERSION, EFFICIENTNET_INT8_VERSION)
+
+
+def _base_version(version: str | None) -> str | None:
+    """``v3`` for a custom model's int8 variant version ``v3-int8r1``; others unchanged."""
+    suffix = convert.int8_version("")
+    if version and version.endswith(suffix):
+        return version[: -len(suffix)]
+    return version
 
 
 def _content_sha256(model: Any) -> str:

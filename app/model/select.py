@@ -90,9 +90,10 @@ def agreement(reference: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     if not np.all(np.isfinite(out)):
         return 0.0, 0.0
     top1 = float(np.mean(reference.argmax(axis=1) == out.argmax(axis=1)))
-    ref5 = np.argpartition(-reference, 5, axis=1)[:, :5]
-    out5 = np.argpartition(-out, 5, axis=1)[:, :5]
-    overlap = [len(set(a) & set(b)) / 5 for a, b in zip(ref5, out5, strict=True)]
+    k = min(5, reference.shape[1])  # a custom model may have fewer than five classes
+    ref5 = np.argsort(-reference, axis=1, kind="stable")[:, :k]
+    out5 = np.argsort(-out, axis=1, kind="stable")[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(ref5, out5, strict=True)]
     return top1, float(np.mean(overlap))
 
 

@@ -126,6 +126,8 @@ def test_agreement_measures() -> None:
     top1, top5 = agreement(ref, swapped)
     assert top1 == 0.0 and top5 == pytest.approx(4 / 5)
     assert agreement(ref, np.full_like(ref, np.nan)) == (0.0, 0.0)
+    three = np.array([[3.0, 2, 1], [1, 2, 3]])  # fewer classes than a top-5
+    assert agreement(three, three[:, ::-1].copy()) == (0.0, 1.0)
 
 
 def test_switching_engines_keeps_serving_without_restart(
@@ -218,3 +220,7 @@ def test_custom_import_with_calibration_gets_an_int8_variant(
     with Classifier(fresh_registry, model="small:v1", engine="litert-fp32") as clf:
         result = clf.classify_bytes([s.jpeg("coffee")], k=3)[0]
         assert {lab["label"] for lab in result.labels or []} == {"a", "b", "c"}
+    # the int8 variant's own version names it, and can be pinned like any version
+    int8 = fresh_registry.get("small", "v1-int8r1")
+    assert (int8.variant, int8.variants, int8.version) == ("int8", ("int8",), "v1-int8r1")
+    fresh_registry.set_default("small", "v1-int8r1")
