@@ -137,8 +137,20 @@ def ensure_files(model_dir: Path, spec: PreprocessSpec, *, int8: bool,
     return wanted
 
 
+def build_mobilenet_v2(model_dir: Path, weights: Path) -> None:
+    """Keras' MobileNetV2 with local ImageNet weights, saved as ``model.keras`` (needs TF)."""
+    target = model_dir / "model.keras"
+    if target.exists():
+        return
+    import keras
+
+    model = keras.applications.MobileNetV2(weights=str(weights), include_top=True, classes=1000)
+    atomic_save(target, model.save, ".keras")
+
+
 def ensure_isolated(model_dir: Path, spec: PreprocessSpec, *, int8: bool,
-                    efficientnet_lite0: bool = False) -> None:
+                    efficientnet_lite0: bool = False,
+                    mobilenet_v2_weights: Path | None = None) -> None:
     """``ensure_files``, in a child process unless TensorFlow is already loaded here.
 
     Why: a worker that starts on an empty cache must not take TensorFlow's memory for the
@@ -153,6 +165,8 @@ def ensure_isolated(model_dir: Path, spec: PreprocessSpec, *, int8: bool,
             from app.model import efficientnet_lite0 as eff
 
             eff.ensure_converted(model_dir.parent.parent)
+        if mobilenet_v2_weights is not None:
+            build_mobilenet_v2(model_dir, mobilenet_v2_weights)
         ensure_files(model_dir, spec, int8=int8)
         return
     cmd = [sys.executable, "-m", "app.model.convert", str(model_dir),
@@ -162,6 +176,8 @@ def ensure_isolated(model_dir: Path, spec: PreprocessSpec, *, int8: bool,
         cmd.append("--int8")
     if efficientnet_lite0:
         cmd.append("--efficientnet-lite0")
+    if mobilenet_v2_weights is not None:
+        cmd += ["--mobilenet-v2-weights", str(mobilenet_v2_weights)]
     log.info("converting %s in a child process", model_dir)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
@@ -180,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--efficientnet-lite0", action="store_true",
                         help="convert the built-in weights into DIR/model.keras first")
+    parser.add_argument("--mobilenet-v2-weights", type=Path, default=None,
+                        help="build DIR/model.keras from these MobileNetV2 weights first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     spec = PreprocessSpec(args.input_size, args.crop_fraction, args.resample, args.normalisation)
@@ -187,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         from app.model import efficientnet_lite0
 
         efficientnet_lite0.ensure_converted(args.model_dir.parent.parent)
+    if args.mobilenet_v2_weights is not None:
+        build_mobilenet_v2(args.model_dir, args.mobilenet_v2_weights)
     ensure_files(args.model_dir, spec, int8=args.int8)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from app.imaging import NORMALISATIONS, PreprocessSpec
 from app.model import convert, efficientnet_lite0
 from app.model.engine import VARIANT_FILES, engines_for_variant
-from app.model.files import atomic_save, atomic_write, sha256_file
+from app.model.files import atomic_write, sha256_file
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -451,15 +451,9 @@ class ModelRegistry:
         if version not in (None, model_version):
             raise ModelNotFound(f"{MOBILENET_V2} has only version {model_version}")
         path = self.cache_dir / MOBILENET_V2 / model_version
-        if not (path / "model.keras").exists():
-            import keras
-
-            model = keras.applications.MobileNetV2(weights=str(weights), include_top=True,
-                                                   classes=1000)
-            atomic_save(path / "model.keras", model.save, ".keras")
         labels, synonyms = imagenet_labels()
         spec = PreprocessSpec(224, 224 / 256, "bicubic", "tf")
-        convert.ensure_isolated(path, spec, int8=False)
+        convert.ensure_isolated(path, spec, int8=False, mobilenet_v2_weights=weights)
         return ModelInfo(MOBILENET_V2, model_version, "MobileNetV2", spec, labels,
                          output="probs", source="builtin", path=path, synonyms=synonyms,
                          sha256=sha)
