@@ -33,7 +33,8 @@ from app.tenancy import ORIGINAL_TENANT_META
 
 log = get_logger(__name__)
 
-ModelRef = Callable[[], Awaitable[tuple[str, str] | None]]
+# (name, version), or one per model variant (fp32 and int8 results carry their own versions)
+ModelRef = Callable[[], Awaitable[tuple[str, str] | list[tuple[str, str]] | None]]
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
@@ -77,16 +78,17 @@ async def find_existing(sha256: str, model_ref: ModelRef | None,
     if model_ref is None:
         return None
     try:
-        ref = await model_ref()
-        if ref is None:
+        refs = await model_ref()
+        if not refs:
             return None
         for owner in (tenant, None):
-            image_id = await cache.find_duplicate(sha256, *ref, tenant=owner)
-            if image_id is None:
-                continue
-            found = await cache.get_result(image_id)
-            if found and found.get("status") == "done":
-                return found
+            for ref in refs if isinstance(refs, list) else [refs]:  # each variant's version
+                image_id = await cache.find_duplicate(sha256, *ref, tenant=owner)
+                if image_id is None:
+                    continue
+                found = await cache.get_result(image_id)
+                if found and found.get("status") == "done":
+                    return found
     except Exception as exc:  # noqa: BLE001 - a cache miss, never a failed upload
         log.warning("dedup lookup failed", error=repr(exc))
     return None

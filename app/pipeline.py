@@ -185,7 +185,7 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
     loaded = classifier.current  # one model for the whole batch, even if the default switches
     prepared = await prepare(events, loaded.spec)
     ok = [p for p in prepared if p.error is None and p.borrowed is None]
-    model = {"name": loaded.info.name, "version": loaded.info.version}
+    model = loaded.model_dict()
     infer_ms = 0.0
     labels_by_id: dict[str, list[dict[str, Any]]] = {}
     if ok:
@@ -243,7 +243,7 @@ async def classify_now(data: bytes, classifier: Any, top_k: int = 5,
     labels = preds.labels(top_k, min_score)[0]
     return {
         "status": "done",
-        "model": {"name": loaded.info.name, "version": loaded.info.version},
+        "model": loaded.model_dict(),
         "labels": labels,
         "timings": {"decode_ms": round((t1 - t0) * 1000, 2),
                     "inference_ms": round((t2 - t1) * 1000, 2)},

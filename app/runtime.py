@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from app.model.classifier import Classifier
+from app.model.convert import int8_version
 from app.model.registry import ModelRegistry
 from app.storage import get_store
 
@@ -51,20 +52,31 @@ def _resolve_default() -> tuple[str, str]:
     return name, registry.resolve_version(name, version)
 
 
-async def current_model_ref() -> tuple[str, str] | None:
-    """(name, version) new images are classified with; used for de-duplication."""
+async def current_model_ref() -> list[tuple[str, str]] | None:
+    """(name, version) pairs a result for new images may carry, for de-duplication.
+
+    One per variant (fp32, int8: each has its own version, and which one a worker serves is
+    its own engine choice), the one this process serves first.
+    """
     global _ref_cache
     if _classifier is not None:
-        return _classifier.model.name, _classifier.model.version
+        current = _classifier.current
+        name, version = current.requested[0], current.requested[2]
+        served = (current.info.name, current.info.version)
+        return [served] + [r for r in _variant_refs(name, version) if r != served]
     stamp, ref = _ref_cache
     if time.monotonic() - stamp < REF_TTL_S:
-        return ref
+        return _variant_refs(*ref) if ref else None
     try:
         ref = await asyncio.to_thread(_resolve_default)
     except Exception:  # noqa: BLE001 - no dedup this time; the upload still succeeds
         ref = None
     _ref_cache = (time.monotonic(), ref)
-    return ref
+    return _variant_refs(*ref) if ref else None
+
+
+def _variant_refs(name: str, version: str) -> list[tuple[str, str]]:
+    return [(name, version), (name, int8_version(version))]
 
 
 async def list_models() -> dict[str, Any]:
@@ -72,6 +84,6 @@ async def list_models() -> dict[str, Any]:
     default = next((e for e in entries if e.get("default")), None)
     serving = None
     if _classifier is not None:
-        serving = {"name": _classifier.model.name, "version": _classifier.model.version}
+        serving = _classifier.current.describe()
     return {"default": default["name"] if default else None, "serving": serving,
             "models": entries}

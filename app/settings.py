@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     default_model: str = "efficientnet_lite0"
     model_cache: Path | None = Field(default=None)
     model_poll_s: float = 10.0
-    inference_engine: str = "tflite"  # "tflite" (XNNPACK, about 2x) or "tf" (tf.function)
+    # "auto": time every engine and keep the fastest that agrees with fp32 (app.model.select);
+    # or force one of app.model.engine.ENGINES ("litert-fp32", "litert-int8", ...).
+    engine: str = "auto"
     inference_threads: int = 0  # TFLite interpreter threads; 0 = one per CPU core
     mobilenet_v2_weights: Path | None = None  # Keras MobileNetV2 ImageNet .h5; never downloaded
     jpeg_draft: bool = True  # reduced-size DCT decoding of large JPEGs (faster, same top-1)

@@ -1,25 +1,35 @@
-"""Engine benchmark: images/second of TF (tf.function) vs the serving engine, plus decoding.
+"""Engine benchmark: every inference engine at batch 1 and 8, agreement with fp32, worker RSS.
 
-Run: ``.venv/bin/python bench/engine.py`` (or ``make bench``); about a minute on 2 cores, a bit
-more the first time (model conversion). Prints a table and, as its last line,
-``engine=NAME engine_img_s_b8=X tf_img_s_b8=Y ratio=Z`` for scripts to parse.
+Run: ``.venv/bin/python bench/engine.py`` (or ``make bench``); about a minute on 2 cores.
+Prints the machine (CPU model and the flags that decide int8/bf16 speed), the engine table
+auto-selection logged, a table of every engine (images/second at batch 1 and 8, top-1 and
+top-5 agreement with fp32 on all check photos and on the confident ones), decoding speed, and
+the resident memory of a process that loads what a worker loads. The last line is::
 
-Why these measurements: they decide the serving design. The engine must beat tf.function by
-well over 1.8x at batch 8; decode+preprocess speed says how much of the second core decoding
-takes; RSS with the model loaded must stay far under 1 GB per worker.
+    engine=NAME engine_img_s=X fp32_img_s=Y speedup=Z agreement_top1=A worker_rss_mb=R
+
+NAME is the engine ``auto`` picks; X and Y are batch-8 rates (a worker's batch) of NAME and of
+fp32 LiteRT measured in interleaved rounds of this run; A is NAME's top-1 agreement with fp32
+on the confident check photos (the measure ``auto`` applies, app.model.select); R is the RSS
+of a fresh process that imports the worker and serves with NAME. Goals: speedup >= 2.0,
+agreement >= 0.97, RSS <= 350 MB.
+
+``--tf`` adds TensorFlow's ``tf.function`` as a row (slow; loads TensorFlow into this process).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -27,13 +37,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app.imaging import decode, model_input, prepare, to_array  # noqa: E402
-
-if TYPE_CHECKING:
-    from app.model.registry import ModelInfo
+from app.imaging import decode, model_input, to_array  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
-BATCHES = (1, 8, 32)
+BATCHES = (1, 8)
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def rss_mb() -> float:
@@ -44,18 +53,23 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def cpu_model() -> str:
+def cpu_info() -> tuple[str, list[str]]:
+    """CPU model name and which of the flags that matter for inference it has."""
+    model, flags = platform.processor() or "unknown", set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return model, [f for f in FLAGS if f in flags]
 
 
-def rate(fn: Callable[[], int], min_s: float, warmup: int = 2) -> float:
+def rate(fn: Callable[[], int], min_s: float, warmup: int = 1) -> float:
     """Items/second of ``fn`` (returns items done per call), timed for at least ``min_s``."""
     for _ in range(warmup):
         fn()
@@ -70,11 +84,12 @@ def rate(fn: Callable[[], int], min_s: float, warmup: int = 2) -> float:
 
 def photo_jpegs(size: tuple[int, int], quality: int = 90) -> list[bytes]:
     """The scikit-image photos as JPEGs of ``size`` (centre-cropped to its aspect, resized)."""
-    import skimage.data
+    from app.model.photos import photo_dir
 
     out = []
     for name in PHOTOS:
-        img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        path = next(photo_dir().glob(f"{name}.*"))
+        img = Image.open(path).convert("RGB")
         w, h = img.size
         aspect = size[0] / size[1]
         cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
@@ -86,156 +101,142 @@ def photo_jpegs(size: tuple[int, int], quality: int = 90) -> list[bytes]:
     return out
 
 
-def pipeline_rate(info: ModelInfo, threads: int, jpegs: list[bytes], seconds: float) -> float:
-    """End-to-end images/second with decoding on one thread feeding inference on another.
+def worker_rss(engine: str) -> float:
+    """RSS (MB) of a fresh process that imports the worker module and serves with ``engine``.
 
-    This is how a worker runs (decode pool + one inference thread), and it shows whether
-    a multi-threaded interpreter still pays off when decoding competes for the cores.
+    A separate process because this one may hold other engines (and TensorFlow for --tf).
     """
-    import queue
-    import threading
-
-    from app.model.engine import TFLiteEngine
-
-    engine = TFLiteEngine(info.keras_path.with_name("model.tflite"), threads=threads,
-                          output=info.output)
-    spec = info.spec
-    batches: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def decoder() -> None:
-        i = 0
-        while not stop.is_set():
-            batch = np.stack([prepare(jpegs[(i + k) % len(jpegs)], spec)[1] for k in range(8)])
-            i += 8
-            batches.put(batch)
-        batches.put(None)
-
-    thread = threading.Thread(target=decoder, daemon=True)
-    thread.start()
-    engine.predict(batches.get())  # warm-up
-    done = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        batch = batches.get()
-        if batch is None:
-            break
-        done += len(engine.predict(batch))
-    elapsed = time.perf_counter() - start
-    stop.set()
-    while batches.get() is not None:
-        pass
-    thread.join()
-    return done / elapsed
+    code = textwrap.dedent(f"""
+        import json, sys
+        import app.worker  # noqa: F401 - what a worker process imports
+        from app.model.classifier import Classifier
+        from app.model.registry import ModelRegistry
+        from app.model.photos import check_arrays
+        with Classifier(ModelRegistry(), model="efficientnet_lite0", engine={engine!r}) as clf:
+            arrays = check_arrays(clf.spec)[:16]
+            for i in range(0, 16, 8):
+                clf.classify_arrays_sync(list(arrays[i:i + 8]))
+            del arrays
+            rss = [l for l in open("/proc/self/status") if l.startswith("VmRSS:")][0]
+            print(json.dumps({{"rss_mb": int(rss.split()[1]) / 1024,
+                              "tensorflow": "tensorflow" in sys.modules}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        return float("nan")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if report["tensorflow"]:
+        print("WARNING: the worker-like process loaded TensorFlow")
+    return float(report["rss_mb"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
-    parser.add_argument("--threads", type=int, default=0, help="TFLite threads (0 = all cores)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="time per measurement")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (best kept)")
+    parser.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
+    parser.add_argument("--tf", action="store_true", help="add tf.function (loads TensorFlow)")
     args = parser.parse_args()
 
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("app.model.convert").setLevel(logging.WARNING)
+
     from app.model.classifier import Classifier
-    from app.model.engine import TFEngine, TFLiteEngine, default_threads
+    from app.model.engine import CATALOGUE, REFERENCE, default_threads, softmax
     from app.model.registry import ModelRegistry
+    from app.model.select import CONFIDENT, agreement, check_set
 
     threads = args.threads or default_threads()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
-    print(f"rss at start: {rss_mb():.0f} MB")
+    model, flags = cpu_info()
+    print(f"machine: {model}, {os.cpu_count()} cores; flags: {' '.join(flags) or 'none'}; "
+          f"python {platform.python_version()}")
 
     t0 = time.perf_counter()
-    clf = Classifier(ModelRegistry(), model="efficientnet_lite0", engine="tflite",
+    clf = Classifier(ModelRegistry(), model="efficientnet_lite0", engine="auto",
                      threads=threads)
+    chosen = clf.current.engine.name
     info = clf.model
-    engine = clf.current.engine
-    print(f"model {info.ref} loaded with the {engine.name} engine in "
-          f"{time.perf_counter() - t0:.1f}s; rss with model loaded: {rss_mb():.0f} MB")
+    print(f"auto chose {chosen} ({info.ref}) in {time.perf_counter() - t0:.1f}s "
+          f"(conversion, check and timing included)")
+    model_dir = info.keras_path.parent
+    clf.close()
 
-    spec = info.spec
-    samples = np.stack([prepare(j, spec)[1] for j in photo_jpegs((500, 375))])
+    engines: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for name, kind in CATALOGUE.items():
+        if kind.available(model_dir):
+            engines[name] = kind.create(model_dir, threads=threads, output=info.output).predict
+    if args.tf:
+        from app.model.engine import TFEngine
+
+        engines["tf (tf.function)"] = TFEngine.from_path(info.keras_path).predict
+
+    check = check_set(info.spec)
+    outputs = {name: predict(check) for name, predict in engines.items()}
+    reference = outputs[REFERENCE]
+    confident = softmax(reference).max(axis=1) >= CONFIDENT
 
     def batch_of(n: int) -> np.ndarray:
-        return samples[np.arange(n) % len(samples)]
-
-    rows: list[tuple[str, list[float]]] = []
-
-    engines: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
-        (f"tflite XNNPACK fp32, {threads} threads", engine.predict)]
-    if threads > 1:
-        one = TFLiteEngine(info.keras_path.with_name("model.tflite"), threads=1,
-                           output=info.output)
-        engines.append(("tflite XNNPACK fp32, 1 thread", one.predict))
-    tf_engine = TFEngine.from_path(info.keras_path, output=info.output)
-    engines.append(("tf.function (Keras model)", tf_engine.predict))
-    for _, predict in engines:  # trace/allocate every shape before timing anything
-        for n in BATCHES:
-            predict(batch_of(n))
+        return check[np.arange(n) % len(check)]
 
     # Interleaved rounds, best of each: other load on the machine (a shared 2-core box) then
     # hits every engine alike instead of whichever happened to run at that moment.
-    best = {label: [0.0] * len(BATCHES) for label, _ in engines}
+    best = {name: [0.0] * len(BATCHES) for name in engines}
     for _ in range(args.rounds):
-        for label, predict in engines:
+        for name, predict in engines.items():
             for i, n in enumerate(BATCHES):
                 batch = batch_of(n)
-                r = rate(lambda b=batch, p=predict: len(p(b)), args.seconds / args.rounds,
-                         warmup=1)
-                best[label][i] = max(best[label][i], r)
-    for label, _ in engines:
-        rows.append((label, best[label]))
-        print(f"  measured {label}: " + ", ".join(f"{r:.0f}" for r in best[label]), flush=True)
-    tflite_rates = best[engines[0][0]]
-    tf_rates = best[engines[-1][0]]
-    logit_diff = float(np.abs(engine.predict(batch_of(4)) - tf_engine.predict(batch_of(4))).max())
-    peak_rss = rss_mb()
-
-    overlap = [(n, max(pipeline_rate(info, n, photo_jpegs((500, 375)), args.seconds / 2)
-                       for _ in range(2)))
-               for n in sorted({1, threads})]
+                r = rate(lambda b=batch, p=predict: len(p(b)), args.seconds / args.rounds)
+                best[name][i] = max(best[name][i], r)
 
     decode_rows: list[tuple[str, float, float]] = []
+    spec = info.spec
     for size in ((500, 375), (1024, 768), (4032, 3024)):
         jpegs = photo_jpegs(size)
 
         def pipeline(target: int | None, jpegs: list[bytes] = jpegs) -> int:
             for data in jpegs:
-                img = decode(data, target=target)
-                to_array(model_input(img, spec), spec)
+                to_array(model_input(decode(data, target=target), spec), spec)
             return len(jpegs)
 
-        full = max(rate(lambda p=pipeline: p(None), args.seconds / 4, warmup=1)
-                   for _ in range(2))
-        draft = max(rate(lambda p=pipeline: p(spec.decode_target), args.seconds / 4, warmup=1)
-                    for _ in range(2))
+        full = rate(lambda p=pipeline: p(None), args.seconds / 3)
+        draft = rate(lambda p=pipeline: p(spec.decode_target), args.seconds / 3)
         kb = sum(map(len, jpegs)) / len(jpegs) / 1024
         decode_rows.append((f"{size[0]}x{size[1]} JPEG (~{kb:.0f} KB)", full, draft))
 
+    rss = worker_rss(chosen)
+
     print()
-    print(f"Inference, images/second (EfficientNet-Lite0 224x224, {cpu_model()}, "
-          f"{os.cpu_count()} cores)")
-    header = f"{'engine':<36}" + "".join(f"{'batch ' + str(n):>10}" for n in BATCHES)
+    print(f"Inference, images/second, EfficientNet-Lite0 224x224, {threads} thread(s); "
+          f"agreement with {REFERENCE} on {len(check)} check photos "
+          f"({int(confident.sum())} confident: fp32 top-1 >= {CONFIDENT})")
+    header = (f"{'engine':<20}" + "".join(f"{'batch ' + str(n):>10}" for n in BATCHES)
+              + f"{'top-1 all':>11}{'top-5 all':>11}{'top-1 conf':>12}{'top-5 conf':>12}")
     print(header)
     print("-" * len(header))
-    for label, rates in rows:
-        print(f"{label:<36}" + "".join(f"{r:>10.0f}" for r in rates))
-    print(f"max |logit difference| tflite vs tf: {logit_diff:.2e}")
+    for name in engines:
+        top1, top5 = agreement(reference, outputs[name])
+        c1, c5 = agreement(reference[confident], outputs[name][confident])
+        mark = "  <- auto" if name == chosen else ""
+        print(f"{name:<20}" + "".join(f"{r:>10.1f}" for r in best[name])
+              + f"{top1:>11.3f}{top5:>11.3f}{c1:>12.3f}{c5:>12.3f}{mark}")
     print()
     print("Decode + preprocess (one thread), images/second")
     print(f"{'input':<36}{'full decode':>14}{'JPEG draft':>14}")
     for label, full, draft in decode_rows:
         print(f"{label:<36}{full:>14.0f}{draft:>14.0f}")
     print()
-    print("Decode (1 thread) overlapped with inference (batches of 8), 500x375 JPEGs")
-    for n, r in overlap:
-        print(f"{'tflite ' + str(n) + ' thread(s) + decoder thread':<36}{r:>14.0f} img/s")
-    print()
-    print(f"RSS: {rss_mb():.0f} MB now, {peak_rss:.0f} MB with both engines loaded; "
-          "a worker loads only the TFLite engine (see above)")
+    print(f"RSS of a worker-like process serving {chosen}: {rss:.0f} MB "
+          f"(this benchmark process: {rss_mb():.0f} MB)")
     b8 = BATCHES.index(8)
-    ratio = tflite_rates[b8] / tf_rates[b8]
-    print(f"engine={engine.name} engine_img_s_b8={tflite_rates[b8]:.1f} "
-          f"tf_img_s_b8={tf_rates[b8]:.1f} ratio={ratio:.2f}")
+    engine_rate, fp32_rate = best[chosen][b8], best[REFERENCE][b8]
+    agree = agreement(reference[confident], outputs[chosen][confident])[0]
+    print(f"engine={chosen} engine_img_s={engine_rate:.1f} fp32_img_s={fp32_rate:.1f} "
+          f"speedup={engine_rate / fp32_rate:.2f} agreement_top1={agree:.3f} "
+          f"worker_rss_mb={rss:.0f}")
 
 
 if __name__ == "__main__":

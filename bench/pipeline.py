@@ -6,7 +6,11 @@ Reports, in one run:
 - p50 latency at light load (a steady 10 images/second),
 - the in-process ceiling: decode + preprocess + infer of the same images in this process with
   the same engine, one after the other (what a single process without Kafka, MinIO or Redis
-  does), measured just before and just after the heavy run; the higher of the two counts.
+  does), measured just before and just after the heavy run; the higher of the two counts;
+- the same ceiling with the fp32 engine (``fp32_ceiling_img_s``, ``ratio_fp32`` = pipeline /
+  fp32 ceiling): what the whole service achieves against the best a single process could do
+  before the int8 engine existed,
+- each worker's and function's resident memory after the run (no TensorFlow in them).
 The last line is machine-readable. Needs the stack up (`make up`); run with `make bench` or
 `.venv/bin/python bench/pipeline.py [--images 1000] [--concurrency 48] [--runs 1]`.
 
@@ -169,12 +173,15 @@ def _program(pid: str, argv: list[str]) -> str:
     return "other"
 
 
-def ceiling(photos: list[bytes], passes: int = 3) -> float:
-    """Decode + preprocess + infer, one image after the other, in this process."""
+def ceiling(photos: list[bytes], passes: int = 3, engine: str | None = None) -> float:
+    """Decode + preprocess + infer, one image after the other, in this process.
+
+    ``engine``: None for what the stack serves (settings ``engine``, normally auto).
+    """
     from app.imaging import prepare
     from app.model.classifier import Classifier
 
-    clf = Classifier()
+    clf = Classifier(engine=engine)
     loaded = clf.current
     for data in photos[:20]:  # warm up
         clf.classify_arrays_sync([prepare(data, loaded.spec)[1]], model=loaded)
@@ -196,6 +203,16 @@ class Run:
     ceilings: tuple[float, float]
     latencies: list[float]
     cpu_ms: dict[str, float]  # CPU per image during the heavy run, by program
+    fp32_ceilings: tuple[float, float] = (float("nan"), float("nan"))
+    engine: str = ""
+
+    @property
+    def fp32_ceiling(self) -> float:
+        return max(self.fp32_ceilings)
+
+    @property
+    def ratio_fp32(self) -> float:
+        return self.rate / self.fp32_ceiling
 
     @property
     def ceiling(self) -> float:
@@ -209,8 +226,9 @@ class Run:
 
 
 def heavy_run(base: str, key: str | None, photos: list[bytes], concurrency: int) -> Run:
-    print("in-process ceiling (stack idle) ...", flush=True)
+    print("in-process ceilings, serving engine and fp32 (stack idle) ...", flush=True)
     first = ceiling(photos)
+    first_fp32 = ceiling(photos, engine="litert-fp32")
     median_kib = statistics.median(len(p) for p in photos) / 1024
     print(f"heavy load: {len(photos)} real JPEGs (median {median_kib:.0f} KiB), concurrency "
           f"{concurrency} ...", flush=True)
@@ -218,9 +236,39 @@ def heavy_run(base: str, key: str | None, photos: list[bytes], concurrency: int)
     rate, lat = asyncio.run(run_load(base, key, photos, concurrency, None))
     after = cpu_seconds()
     used = cpu_ms_per_image(before, after, len(photos))
-    print("in-process ceiling again (stack idle) ...", flush=True)
+    print("in-process ceilings again (stack idle) ...", flush=True)
     time.sleep(5)
-    return Run(rate, (first, ceiling(photos)), lat, used)
+    return Run(rate, (first, ceiling(photos)), lat, used,
+               (first_fp32, ceiling(photos, engine="litert-fp32")), serving_engine())
+
+
+def serving_engine() -> str:
+    """The engine the first worker serves with (its /v1/models), for the report."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{get_settings().web_port}/v1/models"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return (json.loads(resp.read()).get("serving") or {}).get("engine", "?")
+    except OSError:
+        return "?"
+
+
+def stack_rss() -> dict[str, float]:
+    """Resident MB of each worker and function of this stack (from its supervisor)."""
+    from app.stack.layout import Layout
+    from app.stack.manage import rpc
+
+    out = {}
+    for proc in rpc(Layout.from_settings(get_settings())).supervisor.getAllProcessInfo():
+        if proc["name"].startswith(("worker-", "fn-")) and proc["pid"]:
+            try:
+                with open(f"/proc/{proc['pid']}/status") as fh:
+                    line = next(x for x in fh if x.startswith("VmRSS:"))
+                out[proc["name"]] = int(line.split()[1]) / 1024
+            except (OSError, StopIteration):
+                continue
+    return out
 
 
 def report(run: Run, light_lat: list[float]) -> None:
@@ -229,7 +277,10 @@ def report(run: Run, light_lat: list[float]) -> None:
     print(f"{'pipeline images/s':34} {run.rate:10.1f}")
     print(f"{'in-process ceiling images/s':34} {run.ceiling:10.1f}  "
           f"(before {run.ceilings[0]:.1f}, after {run.ceilings[1]:.1f})")
-    print(f"{'ratio':34} {run.ratio:10.2f}")
+    print(f"{'ratio':34} {run.ratio:10.2f}  (serving engine {run.engine})")
+    print(f"{'fp32 in-process ceiling images/s':34} {run.fp32_ceiling:10.1f}  "
+          f"(before {run.fp32_ceilings[0]:.1f}, after {run.fp32_ceilings[1]:.1f})")
+    print(f"{'ratio to the fp32 ceiling':34} {run.ratio_fp32:10.2f}")
     for q in (50, 95, 99):
         print(f"{f'latency p{q} ms (heavy)':34} {percentile(run.latencies, q):10.0f}")
     print(f"{'latency p50 ms (light, 10/s)':34} {percentile(light_lat, 50):10.0f}")
@@ -273,11 +324,16 @@ def main() -> None:
                   f"{sum(run.cpu_ms.values()):11.2f}")
     median = sorted(runs, key=lambda r: r.ratio)[(len(runs) - 1) // 2]
     report(median, light_lat)
+    print()
+    print("Resident memory after the run (MB):")
+    for name, mb in sorted(stack_rss().items()):
+        print(f"  {name:32} {mb:8.0f}")
     print(f"pipeline_img_s={median.rate:.1f} ceiling_img_s={median.ceiling:.1f} "
           f"ratio={median.ratio:.2f} p50_ms={percentile(median.latencies, 50):.0f} "
           f"p95_ms={percentile(median.latencies, 95):.0f} "
           f"p99_ms={percentile(median.latencies, 99):.0f} "
-          f"light_p50_ms={percentile(light_lat, 50):.0f}")
+          f"light_p50_ms={percentile(light_lat, 50):.0f} "
+          f"fp32_ceiling_img_s={median.fp32_ceiling:.1f} ratio_fp32={median.ratio_fp32:.2f}")
 
 
 if __name__ == "__main__":

