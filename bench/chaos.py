@@ -36,7 +36,8 @@ from app import results as res  # noqa: E402
 from app.settings import get_settings  # noqa: E402
 from app.stack import cluster, faults  # noqa: E402
 from app.stack.layout import Layout  # noqa: E402
-from bench.pipeline import _key  # noqa: E402
+from app.stack.manage import _http_ok  # noqa: E402
+from bench.pipeline import _key, cpu_s, proc_stat  # noqa: E402
 from tests.conftest import photo_variants  # noqa: E402
 from tests.kafkatools import end_offsets, read_from  # noqa: E402
 
@@ -165,20 +166,14 @@ def worker_kill(layout: Layout, hold_s: float) -> str:
     return f"killed worker-2, held {hold_s:.0f}s"
 
 
-def _worker_ready(port: int) -> bool:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as resp:
-        return resp.status == 200
-
-
 def worker_rolling(layout: Layout, hold_s: float) -> str:
     settings = get_settings()
     took = []
     for i in range(1, settings.workers + 1):
         faults.restart(layout, f"worker-{i}")
         took.append(faults.wait_until(
-            lambda i=i: _worker_ready(settings.web_port + i - 1), 180, f"worker-{i}"))
+            lambda i=i: _http_ok(f"http://127.0.0.1:{settings.web_port + i - 1}/readyz"), 180,
+            f"worker-{i}"))
     return "restarted worker-1..3 one by one, ready after " + ", ".join(f"{t:.0f}s" for t in took)
 
 
@@ -331,26 +326,15 @@ def _children(pid: int) -> list[int]:
     """Direct children of ``pid`` (nginx's worker under its master)."""
     import os
 
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                continue
-    return out
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()
+            and (fields := proc_stat(entry)) is not None and int(fields[1]) == pid]
 
 
 def component_cpu_s(layout: Layout) -> dict[str, float]:
     """CPU seconds used so far by this stack's own programs and their children (not by
     anything else on the machine), by component: ``kafka-2`` counts as ``kafka``."""
-    import os
-
     from app.stack.manage import rpc
 
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for info in rpc(layout).supervisor.getAllProcessInfo():
         if not info["pid"]:
@@ -358,12 +342,9 @@ def component_cpu_s(layout: Layout) -> dict[str, float]:
         component = info["name"].rsplit("-", 1)[0] if info["name"][-1].isdigit() \
             else info["name"]
         for pid in (info["pid"], *_children(info["pid"])):
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out[component] = out.get(component, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            fields = proc_stat(pid)
+            if fields is not None:
+                out[component] = out.get(component, 0.0) + cpu_s(fields)
     return out
 
 

@@ -129,22 +129,37 @@ async def run_load(base: str, key: str | None, photos: list[bytes], concurrency:
         return len(photos) / (end - start), latencies
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None when the
+    process is gone. Field 1 is the parent pid, 11 and 12 user and system clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_s(fields: list[str]) -> float:
+    """CPU seconds (user + system) from ``proc_stat`` fields."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by each process of this machine, grouped by program."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
+        fields = proc_stat(pid)
         try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
+        if fields is None:
+            continue
         name = _program(pid, [a.decode(errors="replace") for a in argv if a])
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0.0) + cpu_s(fields)
     return out
 
 
@@ -257,18 +272,10 @@ def serving_engine() -> str:
 def stack_rss() -> dict[str, float]:
     """Resident MB of each worker and function of this stack (from its supervisor)."""
     from app.stack.layout import Layout
-    from app.stack.manage import rpc
+    from app.stack.manage import process_rss_mb
 
-    out = {}
-    for proc in rpc(Layout.from_settings(get_settings())).supervisor.getAllProcessInfo():
-        if proc["name"].startswith(("worker-", "fn-")) and proc["pid"]:
-            try:
-                with open(f"/proc/{proc['pid']}/status") as fh:
-                    line = next(x for x in fh if x.startswith("VmRSS:"))
-                out[proc["name"]] = int(line.split()[1]) / 1024
-            except (OSError, StopIteration):
-                continue
-    return out
+    return {name: mb for name, mb in process_rss_mb(Layout.from_settings(get_settings())).items()
+            if name.startswith(("worker-", "fn-"))}
 
 
 def report(run: Run, light_lat: list[float]) -> None:

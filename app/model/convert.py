@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,43 +64,48 @@ def load_keras(keras_path: Path) -> Any:
     return keras.saving.load_model(str(keras_path), compile=False)
 
 
-def build_fp32(keras_path: Path, input_size: int, *, model: Any = None) -> Path:
-    """``model.tflite`` beside ``keras_path``, once; atomic for racing processes."""
-    target = keras_path.with_name(FP32_NAME)
-    if target.exists():
-        return target
-    import keras
-
-    with file_lock(keras_path.with_name(".tflite.lock")):
-        if target.exists():
-            return target
-        model = model if model is not None else load_keras(keras_path)
-        signature = [keras.InputSpec(shape=(1, input_size, input_size, 3), dtype="float32")]
-        atomic_save(target, lambda tmp: model.export(tmp, format="litert", verbose=False,
-                                                     input_signature=signature), ".tflite")
-    log.info("built %s", target)
+def _once(keras_path: Path, target: Path, build: Callable[[], None]) -> Path:
+    """Build ``target`` unless it exists, under the model's one engine-file lock, so that
+    racing processes build it once and readers never see half a file."""
+    if not target.exists():
+        with file_lock(keras_path.with_name(".tflite.lock")):
+            if not target.exists():
+                build()
+                log.info("built %s", target)
     return target
+
+
+def build_fp32(keras_path: Path, input_size: int, *, model: Any = None) -> Path:
+    """``model.tflite`` beside ``keras_path``."""
+    target = keras_path.with_name(FP32_NAME)
+
+    def build() -> None:
+        import keras
+
+        loaded = model if model is not None else load_keras(keras_path)
+        signature = [keras.InputSpec(shape=(1, input_size, input_size, 3), dtype="float32")]
+        atomic_save(target, lambda tmp: loaded.export(tmp, format="litert", verbose=False,
+                                                      input_signature=signature), ".tflite")
+
+    return _once(keras_path, target, build)
 
 
 def build_int8(keras_path: Path, spec: PreprocessSpec, samples: np.ndarray, *,
                model: Any = None) -> Path:
     """``model.int8.tflite`` beside ``keras_path``, calibrated on ``samples`` (NxHxWx3)."""
     target = keras_path.with_name(INT8_NAME)
-    if target.exists():
-        return target
-    import keras
-    import tensorflow as tf
 
-    with file_lock(keras_path.with_name(".tflite.lock")):
-        if target.exists():
-            return target
-        model = model if model is not None else load_keras(keras_path)
+    def build() -> None:
+        import keras
+        import tensorflow as tf
+
+        loaded = model if model is not None else load_keras(keras_path)
         size = spec.input_size
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "saved_model"
             signature = [keras.InputSpec(shape=(1, size, size, 3), dtype="float32")]
-            model.export(str(saved), format="tf_saved_model", verbose=False,
-                         input_signature=signature)
+            loaded.export(str(saved), format="tf_saved_model", verbose=False,
+                          input_signature=signature)
             converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             data = np.asarray(samples, dtype=np.float32)
@@ -112,8 +118,9 @@ def build_int8(keras_path: Path, spec: PreprocessSpec, samples: np.ndarray, *,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             blob = converter.convert()
         atomic_write(target, blob)
-    log.info("built %s (calibrated on %d samples)", target, len(samples))
-    return target
+        log.info("calibrated %s on %d samples", target.name, len(samples))
+
+    return _once(keras_path, target, build)
 
 
 def ensure_files(model_dir: Path, spec: PreprocessSpec, *, int8: bool,

@@ -17,7 +17,7 @@ from collections import Counter
 
 from app.settings import Settings
 from app.stack.layout import Layout
-from app.stack.manage import process_states, rpc
+from app.stack.manage import _wait_gone, process_states, rpc
 
 
 def pid_of(layout: Layout, name: str) -> int:
@@ -48,17 +48,8 @@ def release_all(layout: Layout) -> None:
 
 
 def wait_gone(pid: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            stat = open(f"/proc/{pid}/stat").read().split()  # noqa: SIM115 - one read
-            if stat[2] == "Z":
-                return
-        except (ProcessLookupError, FileNotFoundError):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"pid {pid} still alive after {timeout_s}s")
+    if _wait_gone([pid], timeout_s):
+        raise TimeoutError(f"pid {pid} still alive after {timeout_s}s")
 
 
 def restart(layout: Layout, name: str) -> None:
