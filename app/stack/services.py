@@ -68,8 +68,16 @@ FUNCTION_COMPONENTS = {"image-upload": "uploader", "image-classifier": "classifi
 
 
 def kafka_cluster_id() -> str:
-    """Kafka's cluster ids are a UUID in unpadded URL-safe base64."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's cluster ids are a UUID in unpadded URL-safe base64.
+
+    One id in 64 would start with "-", which kafka-storage's argument parser reads
+    as an option ("--cluster-id: expected one argument"); Kafka's own generator
+    skips those too, so we draw again.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_kafka(layout: Layout, settings: Settings) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
 
@@ -68,6 +69,15 @@ def test_port_conflict_names_port_and_service() -> None:
 def test_cluster_id_is_kafka_shaped() -> None:
     cid = svc.kafka_cluster_id()
     assert len(cid) == 22 and "=" not in cid
+
+
+def test_kafka_cluster_id_never_looks_like_an_option(monkeypatch) -> None:
+    """A CI run failed when the drawn id began with "-": kafka-storage read it as a flag."""
+    dash_first = uuid.UUID(bytes=bytes([0xFB]) + bytes(15))  # base64 "-w..."
+    draws = iter([dash_first, uuid.UUID(int=1)])
+    monkeypatch.setattr(svc.uuid, "uuid4", lambda: next(draws))
+    cid = svc.kafka_cluster_id()
+    assert not cid.startswith("-") and len(cid) == 22
 
 
 def test_workers_split_the_cores_for_inference(tmp_path, monkeypatch) -> None:
