@@ -391,6 +391,18 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                 },
             },
         },
+        "/v1/asyncapi.json": {
+            "get": {
+                "operationId": "asyncapi",
+                "summary": "The AsyncAPI 3.0 document of the Kafka topics and their messages",
+                "security": [],
+                "responses": {
+                    "200": {"description": "AsyncAPI 3.0 document (docs/asyncapi.json).",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "429": _resp("RateLimited"), "503": _resp("Unavailable"),
+                },
+            },
+        },
         "/v1/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -459,8 +471,29 @@ def _spec_response_body() -> bytes:
     return json.dumps(build_spec(), separators=(",", ":")).encode()
 
 
+@lru_cache(maxsize=1)
+def _asyncapi_response_body() -> bytes:
+    import json
+
+    from app import asyncapi
+
+    return json.dumps(asyncapi.build(get_settings()), separators=(",", ":")).encode()
+
+
+_DOC_HEADERS = {"Cache-Control": "public, max-age=300"}
+
+
 @app.page("/v1/openapi.json")
 class OpenApiDocument(View):
     async def get(self, request: web.Request) -> web.Response:
         return web.Response(body=_spec_response_body(), content_type="application/json",
-                            headers={"Cache-Control": "public, max-age=300"})
+                            headers=_DOC_HEADERS)
+
+
+@app.page("/v1/asyncapi.json")
+class AsyncApiDocument(View):
+    """The topics' document (app.asyncapi), built from the running settings' topic names."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(body=_asyncapi_response_body(), content_type="application/json",
+                            headers=_DOC_HEADERS)
