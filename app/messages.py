@@ -86,6 +86,9 @@ class UploadEvent(Message):
     reuse_of: ImageId | None = Field(None, description="an earlier image with the same bytes "
                                      "and a finished result: its labels are copied instead "
                                      "of classifying again")
+    source_key: str | None = Field(None, description="for an image written straight to "
+                                   "storage: the object key under the drop prefix it came "
+                                   "from; absent for uploads through the API")
     v: Version = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
@@ -164,6 +167,8 @@ class ResultMessage(Message):
     request_id: str = ""
     callback_url: str | None = Field(None, description="the webhook, if the upload set one")
     tenant: str = ""
+    source_key: str | None = Field(None, description="the drop key it came from, for an "
+                                   "image written straight to storage")
     v: Version = SCHEMA_VERSION
 
 
