@@ -54,6 +54,9 @@ class UploadEvent:
     # An earlier image with the same bytes and a finished result, possibly another tenant's:
     # the agent copies its labels into this image's own record instead of classifying again.
     reuse_of: str | None = None
+    # The object key under the drop prefix this image came from (app.drops); None for an
+    # upload through the API or a function.
+    source_key: str | None = None
     v: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
@@ -79,8 +82,9 @@ class UploadEvent:
         for name in ("sha256", "format", "created_at", "request_id", "tenant"):
             if not isinstance(getattr(event, name), str):
                 raise BadEvent(f"field {name!r} is not a string")
-        if event.callback_url is not None and not isinstance(event.callback_url, str):
-            raise BadEvent("field 'callback_url' is not a string")
+        for name in ("callback_url", "source_key"):
+            if getattr(event, name) is not None and not isinstance(getattr(event, name), str):
+                raise BadEvent(f"field {name!r} is not a string")
         if event.reuse_of is not None and (not isinstance(event.reuse_of, str)
                                            or not is_image_id(event.reuse_of)):
             raise BadEvent(f"invalid reuse_of {event.reuse_of!r}")
@@ -123,7 +127,7 @@ def _base(event: UploadEvent, status: str) -> dict[str, Any]:
         "callback_url": event.callback_url,
         "tenant": event.tenant,
         "v": SCHEMA_VERSION,
-    }
+    } | ({"source_key": event.source_key} if event.source_key is not None else {})
 
 
 def queued(event: UploadEvent, status: str = "queued") -> dict[str, Any]:
