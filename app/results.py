@@ -66,7 +66,7 @@ def _base(event: UploadEvent, status: str) -> dict[str, Any]:
         "callback_url": event.callback_url,
         "tenant": event.tenant,
         "v": SCHEMA_VERSION,
-    }
+    } | ({"source_key": event.source_key} if event.source_key is not None else {})
 
 
 def queued(event: UploadEvent, status: str = "queued") -> dict[str, Any]:

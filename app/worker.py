@@ -14,6 +14,7 @@ def main() -> None:
 
     import agents.callbacks  # noqa: F401  (durable webhook delivery)
     import agents.classify  # noqa: F401  (registers agents, tables, views, timers)
+    import agents.drops  # noqa: F401  (objects written straight to the drop prefix)
     import agents.results  # noqa: F401
     import web.api  # noqa: F401
     import web.auth  # noqa: F401  (the gateway's key check; JSON 404/405)

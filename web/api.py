@@ -187,6 +187,15 @@ class Images(View):
         try:
             limit = _int_param(request, "limit", 50, 1, 200)
             top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
+            source_key = request.query.get("source_key")
+            if source_key is not None:  # a dropped object's images (app.drops)
+                if not source_key or len(source_key.encode()) > 1024:
+                    raise ApiError("source_key must be an object key of 1-1024 bytes",
+                                   code="bad_source_key")
+                found = [r for r in await retrieval.by_source(source_key, limit)
+                         if who.sees_result(r)]
+                return web.json_response(
+                    {"images": [res.view(r, top_k=top_k) for r in found]})
             found = await retrieval.recent(limit, None if who.admin else who.tenant)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, ApiError):

@@ -87,7 +87,13 @@ def _schemas() -> dict[str, Any]:
         "properties": {
             "id": {"type": "string", "pattern": ULID_PATTERN},
             "status": {"type": "string", "enum": ["queued", "processing", "done", "failed"]},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "sha256": {"type": "string", "pattern": "^([0-9a-f]{64})?$",
+                       "description": "of the original; empty for a dropped object that "
+                                      "failed before its bytes were read"},
+            "source_key": {"type": "string",
+                           "description": "for an image dropped straight into storage: "
+                                          "the object key under the drop prefix it came "
+                                          "from (GET /v1/images?source_key= finds it)"},
             "model": _nullable(_ref("ModelRef")),
             "labels": {"type": "array", "items": _ref("Label"),
                        "description": "best first, cut to top_k and min_score"},
@@ -295,6 +301,11 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                     _param("limit", {"type": "integer", "minimum": 1, "maximum": 200,
                                      "default": 50}, "how many results"),
                     top_k,
+                    _param("source_key", {"type": "string", "minLength": 1,
+                                          "maxLength": 1024},
+                           "instead of the recent results: the images made from this "
+                           "object key of the drop prefix, newest first (a key written "
+                           "twice made two images)"),
                 ],
                 "responses": {"200": _json(_ref("ResultList"), "Recent results."),
                               "400": _resp("BadRequest"), **common},
