@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
     min_side_px: int = 16
+    # Presigned uploads (POST /v1/uploads, app.presign): how long a signed form is valid, and
+    # where it is sent: "" = the gateway's /storage/upload, which passes it on to S3; or an
+    # S3 endpoint URL that clients reach directly (e.g. https://s3.example.org).
+    upload_url_expiry_s: int = 600
+    upload_url: str = ""
 
     # --- model ----------------------------------------------------------------------------
     default_model: str = "efficientnet_lite0"

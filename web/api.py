@@ -18,12 +18,12 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
-from app import callbacks, imaging, ingest, metrics, names, params, retrieval
+from app import callbacks, imaging, ingest, metrics, names, params, presign, retrieval
 from app import results as res
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown, http_error
 from app.faust_app import app, settings
-from app.ids import is_image_id
+from app.ids import is_image_id, new_image_id
 from app.locality import local_image_id, recent_uploads
 from app.logs import get_logger
 from app.runtime import current_model_ref, get_classifier, list_models
@@ -383,3 +383,27 @@ class Events(View):
         finally:
             get_hub().unsubscribe(queue)
         return resp
+
+
+@app.page("/v1/uploads")
+class Uploads(View):
+    """A signed form for sending one image straight to storage (app.presign): the id is
+    known at once, the result comes as for any upload once the object has arrived."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
+        try:
+            raw = await request.content.read(presign.MAX_REQUEST_BYTES + 1)
+            body = presign.parse_request(raw, request.content_type)
+            answer = presign.issue(body, tenant=who.tenant, image_id=new_image_id(),
+                                   gateway_base=presign.gateway_base(request.headers,
+                                                                     settings.gateway_url))
+        except Exception as exc:  # noqa: BLE001 - mapped to JSON errors by _fail
+            return _fail(exc)
+        log.info("presigned upload issued", image_id=answer["id"], tenant=who.tenant,
+                 max_bytes=answer["max_bytes"], content_type=answer["content_type"])
+        return web.json_response(answer, status=201,
+                                 headers={"Location": answer["links"]["self"],
+                                          "Cache-Control": "no-store"})

@@ -198,6 +198,9 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
         "RATE_HUMAN": f"{settings.rate_limit_rps:g} requests/s",
         "RATE_BURST": str(max(0, settings.rate_limit_burst)),
         "TLS": _tls_lines(layout, settings),
+        # Where the gateway's /storage/upload sends presigned upload forms (app.presign).
+        "S3_INPUT_URL": f"{'https' if settings.s3_secure else 'http'}://{settings.s3_endpoint}"
+                        f"/{settings.bucket_input}",
     }
     text = template.read_text()
     for key, value in values.items():

@@ -69,14 +69,15 @@ def test_messages_on_every_topic_validate_against_the_served_document(
     reply = gateway.post_raw("/v1/images", body, ctype)
     assert reply.status == 202, reply.body[:300]
     good = reply.json()["id"]
-    # An event whose original is not stored: a failed result.
+    done = gateway.wait_done(good)
+    assert done["status"] == "done"
+    # An event whose original is not stored (of our tenant, so we may read it): failed.
     missing = res.UploadEvent(id=new_image_id(), sha256="0" * 64, format="jpeg", size=10,
-                              created_at=res.now_iso(), tenant="test-asyncapi")
+                              created_at=res.now_iso(), tenant=done["tenant"])
     # Not an event at all: dead-lettered with its reason.
     garbage = b"not json " + secrets.token_hex(8).encode()
     produce(settings.kafka_bootstrap, topics["topic_uploads"],
             [(missing.id.encode(), missing.to_bytes()), (None, garbage)])
-    assert gateway.wait_done(good)["status"] == "done"
     assert gateway.wait_done(missing.id)["status"] == "failed"
     receiver.received.get(timeout=60)  # delivered, so it went through image-callbacks
 
