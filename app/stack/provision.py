@@ -75,12 +75,13 @@ def notify_env(settings: Settings, brokers: list[str], queue_dir: str) -> dict[s
 
 def notify_arn(settings: Settings, server_arns: list[str] | None = None) -> str:
     """The ARN of our Kafka target: the one the server lists (its region is in it when the
-    server has one), else the region-less form MinIO uses by default."""
-    wanted = f":{settings.drop_notify_id}:kafka"
+    server has one), else the region-less form MinIO uses by default. The target id is
+    upper case: MinIO takes it from the environment variable names."""
+    target = settings.drop_notify_id.upper()  # the env names' suffix, as MinIO reads it
     for arn in server_arns or []:
-        if arn.endswith(wanted):
+        if arn.endswith(f":{target}:kafka"):
             return arn
-    return f"arn:minio:sqs::{settings.drop_notify_id}:kafka"
+    return f"arn:minio:sqs::{target}:kafka"
 
 
 def drop_notification(settings: Settings, arn: str) -> Any:

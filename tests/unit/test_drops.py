@@ -118,9 +118,9 @@ def test_every_cluster_minio_node_announces_drops_to_every_kafka_node(tmp_path) 
 
 def test_the_bucket_notification_filters_on_the_drop_prefix() -> None:
     settings = Settings(drop_prefix="cams/")
-    assert provision.notify_arn(settings) == "arn:minio:sqs::imagerec:kafka"
-    listed = ["arn:minio:sqs:eu-west-1:other:kafka", "arn:minio:sqs:eu-west-1:imagerec:kafka"]
-    assert provision.notify_arn(settings, listed) == "arn:minio:sqs:eu-west-1:imagerec:kafka"
+    assert provision.notify_arn(settings) == "arn:minio:sqs::IMAGEREC:kafka"
+    listed = ["arn:minio:sqs:eu-west-1:OTHER:kafka", "arn:minio:sqs:eu-west-1:IMAGEREC:kafka"]
+    assert provision.notify_arn(settings, listed) == "arn:minio:sqs:eu-west-1:IMAGEREC:kafka"
     config = provision.drop_notification(settings, provision.notify_arn(settings))
     assert config.events == ["s3:ObjectCreated:*"]
     assert config.prefix_filter_rule.value == "cams/"
