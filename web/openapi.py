@@ -181,6 +181,34 @@ def _schemas() -> dict[str, Any]:
                 "created": {"type": "string"},
             },
         },
+        "UploadForm": {
+            "type": "object",
+            "description": "A signed form for one image sent straight to storage: POST "
+                           "`fields` and then the image as the part named `file_field` "
+                           "(multipart/form-data) to `url` before `expires_at`. Storage "
+                           "refuses a body over `max_bytes` (400 EntityTooLarge), another "
+                           "Content-Type or key (403). The image is then classified like "
+                           "any upload; GET links.self answers 404 until it has arrived.",
+            "required": ["id", "status", "method", "url", "fields", "file_field",
+                         "content_type", "max_bytes", "expires_at", "links"],
+            "properties": {
+                "id": {"type": "string", "pattern": ULID_PATTERN},
+                "status": {"const": "awaiting_upload"},
+                "method": {"const": "POST"},
+                "url": {"type": "string", "format": "uri",
+                        "description": "the gateway's /storage/upload, or the S3 bucket "
+                                       "URL when the server sets upload_url"},
+                "fields": {"type": "object", "additionalProperties": {"type": "string"},
+                           "description": "form fields to send as they are (key, "
+                                          "Content-Type, policy, signature ...)"},
+                "file_field": {"const": "file"},
+                "content_type": {"type": "string"},
+                "max_bytes": {"type": "integer", "minimum": 1},
+                "expires_at": {"type": "string", "format": "date-time"},
+                "links": {"type": "object", "required": ["self"],
+                          "properties": {"self": {"type": "string"}}},
+            },
+        },
         "Models": {
             "type": "object",
             "required": ["default", "serving", "models"],
@@ -193,6 +221,19 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _upload_request_schema(settings: Settings) -> dict[str, Any]:
+    """``app.presign.UploadRequest``'s own JSON Schema, with the size cap of ``settings``."""
+    from app.presign import UploadRequest
+
+    schema = UploadRequest.model_json_schema()
+    schema.pop("title", None)
+    schema["description"] = "What will be uploaded."
+    for branch in schema["properties"]["size"]["anyOf"]:
+        if branch.get("type") == "integer":
+            branch["maximum"] = settings.max_upload_bytes
+    return schema
+
+
 def _responses(settings: Settings) -> dict[str, Any]:
     retry_after = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
     return {
@@ -202,8 +243,8 @@ def _responses(settings: Settings) -> dict[str, Any]:
         "Unauthorized": _error("No API key, or an unknown, revoked or expired one (code: "
                                "unauthorized)."),
         "Forbidden": _error("The key lacks the scope this operation needs: upload for "
-                            "POST /v1/images, /v1/classify and the functions, read for the "
-                            "rest, admin for operator endpoints (code: forbidden)."),
+                            "POST /v1/images, /v1/uploads, /v1/classify and the functions, "
+                            "read for the rest, admin for operator endpoints (code: forbidden)."),
         "NotFound": _error("No image with this id (code: not_found)."),
         "TooLarge": _error(f"Body over {settings.max_upload_bytes} bytes per image (code: "
                            "too_large); answered by the gateway before the body is read."),
@@ -309,6 +350,28 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                 ],
                 "responses": {"200": _json(_ref("ResultList"), "Recent results."),
                               "400": _resp("BadRequest"), **common},
+            },
+        },
+        "/v1/uploads": {
+            "post": {
+                "operationId": "createUpload",
+                "summary": "A presigned form for sending one image straight to storage",
+                "description": "For large files or clients that should not stream through "
+                               "the API. Needs the upload scope. The image's id is known at "
+                               "once; the result comes as for any upload once the object "
+                               f"has arrived. The form expires after "
+                               f"{settings.upload_url_expiry_s} s.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _upload_request_schema(settings)}}},
+                "responses": {
+                    "201": {**_json(_ref("UploadForm"), "The signed form.",
+                                    {"Location": {"description": "the image's URL",
+                                                  "schema": {"type": "string"}}}),
+                            "links": {"GetImage": {
+                                "operationId": "getImage",
+                                "parameters": {"image_id": "$response.body#/id"}}}},
+                    "400": _resp("BadRequest"), **common,
+                },
             },
         },
         "/v1/images/{image_id}": {
