@@ -265,9 +265,12 @@ async def _candidates(start: str, stop: str) -> Any:
         yield [k for k in keys if is_image_id(k)]
 
 
-async def _count(spec: JobSpec, start: str, stop: str) -> int:
+async def _count(spec: JobSpec, start: str, stop: str, job_id: str) -> int:
+    """The images the job selects (a listing; a HEAD each with ``prefix``), renewing the
+    lease as it goes: a long count must not look like a dead runner."""
     total = 0
     async for ids in _candidates(start, stop):
+        await _renew_lease(job_id)
         if spec.prefix:
             total += sum(await asyncio.gather(*(_selected(i, spec.prefix) for i in ids)))
         else:
@@ -297,7 +300,7 @@ async def run_job(job_id: str, *, on_progress: Callable[[dict[str, Any]], None] 
         start = _ulid_floor(since) if since else ""
         stop = raw["until"]
         if int(raw.get("total", -1)) < 0:
-            await redis.hset(key, "total", str(await _count(spec, start, stop)))
+            await redis.hset(key, "total", str(await _count(spec, start, stop, job_id)))
         position = raw.get("position") or ""
         enqueued = int(raw.get("enqueued", 0))
         bucket = TokenBucket(float(raw.get("rate") or get_settings().reclassify_rate),
