@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -63,10 +63,12 @@ async def store_many(base: str, key: str, photos: list[bytes], concurrency: int 
         return await asyncio.gather(*(one(p) for p in photos))
 
 
-async def live_load(base: str, key: str, rate: float, until: object, seed: int) -> list[float]:
-    """Uploads at ``rate``/s until ``until()`` is true; each one's latency in seconds."""
+async def live_load(base: str, key: str, rate: float, until: object, photos: list[bytes]
+                    ) -> list[float]:
+    """Uploads at ``rate``/s until ``until()`` is true (or ``photos`` run out); each one's
+    latency in seconds."""
     lat: list[float] = []
-    photos = iter(photo_variants(2000, seed=seed))
+    left = iter(photos)
     tasks = []
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
         async def one(data: bytes) -> None:
@@ -74,8 +76,8 @@ async def live_load(base: str, key: str, rate: float, until: object, seed: int) 
 
         start = time.perf_counter()
         n = 0
-        while not await until():
-            tasks.append(asyncio.create_task(one(next(photos))))
+        while not await until() and (data := next(left, None)) is not None:
+            tasks.append(asyncio.create_task(one(data)))
             n += 1
             await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
         await asyncio.gather(*tasks)
@@ -91,22 +93,27 @@ async def main_async(args: argparse.Namespace) -> dict:
     admin_key = store.create(admin_name, scopes="admin")
     await asyncio.sleep(1.2)  # past the workers' miss-refresh interval
     try:
-        since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
-        stored = await store_many(base, key, photo_variants(args.images,
-                                                            seed=int(time.time())))
-        print(f"stored {len(stored)} images in {time.perf_counter() - t0:.1f} s")
-        served = {r["model"]["version"] for r in stored if r.get("model")}
-        [new] = [v for v in VERSIONS if v not in served][:1] or [VERSIONS[0]]
-
+        seed = int(time.time())
+        live = photo_variants(int(args.live_rate * args.live_s) * 6, seed=seed + 1)
+        stored_photos = photo_variants(args.images, seed=seed)
         deadline = time.monotonic() + args.live_s
 
         async def idle_over() -> bool:
             return time.monotonic() >= deadline
 
-        idle = await live_load(base, key, args.live_rate, idle_over, seed=1)
+        # Idle first, so that the job's images are exactly the stored ones (a job covers
+        # what was uploaded between --since and its own start).
+        idle = await live_load(base, key, args.live_rate, idle_over, live[: len(live) // 3])
         print(f"idle: {len(idle)} live uploads, p50 {percentile(idle, 50) * 1000:.0f} ms, "
               f"p95 {percentile(idle, 95) * 1000:.0f} ms")
+
+        since = datetime.now(UTC).isoformat(timespec="milliseconds")
+        await asyncio.sleep(0.5)
+        t0 = time.perf_counter()
+        stored = await store_many(base, key, stored_photos)
+        print(f"stored {len(stored)} images in {time.perf_counter() - t0:.1f} s")
+        served = {r["model"]["version"] for r in stored if r.get("model")}
+        [new] = [v for v in VERSIONS if v not in served][:1] or [VERSIONS[0]]
 
         body = {"model": f"{efficientnet_lite0.NAME}:{new}", "since": since, "restart": True}
         if args.rate:
@@ -125,7 +132,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                     last = await resp.json()
                 return last["state"] in ("done", "cancelled", "failed")
 
-            during = await live_load(base, key, args.live_rate, job_done, seed=2)
+            during = await live_load(base, key, args.live_rate, job_done, live[len(live) // 3:])
             while not await job_done():
                 await asyncio.sleep(0.5)
             took = time.perf_counter() - started
