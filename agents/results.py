@@ -106,5 +106,6 @@ async def store_results(stream):  # noqa: ANN001 - faust.StreamT
         results_table[image_id] = raw  # the message bytes as they are: no re-encoding
         await _cache(result, raw)
         _observe(result)
-        if result.get("callback_url"):
+        # A re-classified result (app.reclassify) does not call the webhook a second time.
+        if result.get("callback_url") and not result.get("reclassify_job"):
             await _queue_callback(image_id, raw)

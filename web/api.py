@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
-from app import callbacks, imaging, ingest, metrics, names, params, presign, retrieval
+from app import callbacks, imaging, ingest, metrics, names, params, presign, reclassify, retrieval
 from app import results as res
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown, http_error
@@ -36,6 +37,7 @@ log = get_logger(__name__)
 CHUNK = 256 * 1024
 MAX_FILES = 100
 MAX_WAIT_S = 60.0
+MODEL_REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
 
 
 def _fail(exc: Exception) -> web.Response:
@@ -223,6 +225,15 @@ class Image(View):
                 return found  # type: ignore[no-any-return]
             if not who.sees_result(found):
                 return _not_found()  # unknown, or another tenant's: the same answer
+            if model := request.query.get("model"):  # another model version's answer
+                if not MODEL_REF_RE.match(model):
+                    raise ApiError("model is NAME or NAME:VERSION", code="bad_parameter")
+                other = await reclassify.result_for_model(image_id, model, found)
+                if other is None:
+                    return error_response(404, "model_not_found",
+                                          f"no result of model {model!r} for this image")
+                found = {**other, "history": found.get("history", [])} \
+                    if other is not found else found
             if wait and not res.is_final(found):
                 waited = await get_hub().wait_for(image_id, wait)
                 if waited is not None and who.sees_result(waited):

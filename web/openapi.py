@@ -133,6 +133,21 @@ def _schemas() -> dict[str, Any]:
                                                    "(GET it with the API key); present "
                                                    "once status is done"},
                       }},
+            "history": {
+                "type": "array",
+                "description": "every model version that classified this image, oldest "
+                               "first (present once an image was re-classified); the "
+                               "document is the newest done answer, ?model= reads another",
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "version": {"type": "string"},
+                    "variant": _nullable({"type": "string"}),
+                    "engine": _nullable({"type": "string"}),
+                    "status": {"type": "string", "enum": ["done", "failed"]},
+                    "completed_at": _nullable({"type": "string", "format": "date-time"}),
+                }}},
+            "reclassify_job": {"type": "string",
+                               "description": "the re-classification job that produced "
+                                              "this answer"},
             "source": {"type": "string", "enum": SOURCES,
                        "description": "which tier answered"},
             "duplicate_of": {"type": "string", "pattern": ULID_PATTERN,
@@ -386,6 +401,11 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                     _param("wait", {"type": "number", "minimum": 0, "maximum": 60,
                                     "default": 0},
                            "long-poll: wait up to this many seconds for a final result"),
+                    _param("model", {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]"
+                                     r"{0,63}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"},
+                           "the answer of this model (NAME: its newest version, or "
+                           "NAME:VERSION) instead of the newest answer; 404 model_not_found "
+                           "when that model never classified the image"),
                 ],
                 "responses": {
                     "200": {**_json(_ref("Result"), "Known image; status says how far it "

@@ -7,6 +7,7 @@ partition count (table writes go to the partition of the event: see DESIGN.md se
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -14,6 +15,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from app.settings import Settings
 from app.storage import make_minio
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -98,6 +101,7 @@ def ensure_drop_notification(settings: Settings) -> bool:
     keeping any other configuration on the bucket; True when it changed."""
     import json
 
+    from minio.error import S3Error
     from minio.notificationconfig import NotificationConfig
 
     from app.stack import iam
@@ -105,10 +109,17 @@ def ensure_drop_notification(settings: Settings) -> bool:
     if not settings.drop_notify_id:
         return False
     try:
-        info = json.loads(iam.admin_client(settings).info() or "{}")
-    except Exception:  # noqa: BLE001 - the default ARN form is right for our servers
-        info = {}
-    arn = notify_arn(settings, info.get("sqsARN") or [])
+        listed = json.loads(iam.admin_client(settings).info() or "{}").get("sqsARN") or []
+    except Exception:  # noqa: BLE001 - not MinIO, or no admin rights: try the default form
+        listed = None
+    arn = notify_arn(settings, listed)
+    if listed is not None and arn not in listed:
+        # A MinIO started without our Kafka target (e.g. an existing one behind Helm):
+        # setting the notification would fail; provisioning goes on without drops.
+        log.warning("drops are off: MinIO has no Kafka notification target %s; set "
+                    "MINIO_NOTIFY_KAFKA_*_%s on every MinIO node (docs/OPERATIONS.md, Drops)",
+                    arn, settings.drop_notify_id.upper())
+        return False
     client = make_minio(settings)
     current = client.get_bucket_notification(settings.bucket_input)
     ours = drop_notification(settings, arn)
@@ -122,10 +133,17 @@ def ensure_drop_notification(settings: Settings) -> bool:
     if any(same(q) for q in queues):
         return False
     others = [q for q in queues if q.config_id != "imagerec-drops"]
-    client.set_bucket_notification(settings.bucket_input, NotificationConfig(
-        cloud_func_config_list=current.cloud_func_config_list,
-        queue_config_list=[*others, ours],
-        topic_config_list=current.topic_config_list))
+    try:
+        client.set_bucket_notification(settings.bucket_input, NotificationConfig(
+            cloud_func_config_list=current.cloud_func_config_list,
+            queue_config_list=[*others, ours],
+            topic_config_list=current.topic_config_list))
+    except S3Error as exc:
+        if exc.code != "InvalidArgument":  # the server does not know the ARN
+            raise
+        log.warning("drops are off: the S3 server refused the notification to %s (%s)",
+                    arn, exc.message)
+        return False
     return True
 
 
