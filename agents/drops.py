@@ -18,6 +18,7 @@ from app import drops, metrics
 from app import results as res
 from app.faust_app import app, settings
 from app.logs import get_logger
+from app.messages import DeadLetterHeaders
 from app.runtime import current_model_ref
 from app.topics import dlq_topic, drops_topic
 
@@ -27,11 +28,9 @@ log = get_logger(__name__)
 async def _to_dlq(raw: bytes | None, error: str) -> None:
     metrics.DLQ_MESSAGES.inc()
     log.warning("drop notification sent to DLQ", error=error)
-    fut = await dlq_topic.send(value=raw or b"", headers={
-        "error": error.encode()[:1000],
-        "source-topic": settings.topic_drops.encode(),
-        "failed-at": res.now_iso().encode(),
-    })
+    headers = DeadLetterHeaders(error=error, source_topic=settings.topic_drops,
+                                failed_at=res.now_iso())
+    fut = await dlq_topic.send(value=raw or b"", headers=headers.to_headers())
     await fut
 
 

@@ -15,6 +15,7 @@ from app import reclassify
 from app import results as res
 from app.faust_app import app, settings
 from app.logs import get_logger
+from app.messages import DeadLetterHeaders
 from app.topics import dlq_topic, reclassify_topic, results_topic
 
 log = get_logger(__name__)
@@ -27,9 +28,9 @@ async def _send_result(image_id: str, data: bytes) -> None:
 
 async def _to_dlq(raw: bytes | None, error: str) -> None:
     log.warning("reclassify message sent to DLQ", error=error)
-    fut = await dlq_topic.send(value=raw or b"", headers={
-        "error": error.encode()[:1000], "source-topic": settings.topic_reclassify.encode(),
-        "failed-at": res.now_iso().encode()})
+    headers = DeadLetterHeaders(error=error, source_topic=settings.topic_reclassify,
+                                failed_at=res.now_iso())
+    fut = await dlq_topic.send(value=raw or b"", headers=headers.to_headers())
     await fut
 
 

@@ -62,9 +62,18 @@ def build(settings: Settings | None = None) -> dict[str, Any]:
                                "An image's final result (done or failed)."),
         "Callback": json_message(msg.CallbackMessage, "callback",
                                  "A final result whose webhook is to be delivered."),
+        "ReclassifyEvent": json_message(msg.ReclassifyEvent, "reclassify-event",
+                                        "A stored image to classify again with a model."),
+        "DropNotification": {
+            **json_message(msg.DropNotification, "drop-notification",
+                           "An object was written under the drop prefix (by MinIO)."),
+            "bindings": {"kafka": {"key": {"type": "string",
+                                           "description": "<bucket>/<object key>"},
+                                   "bindingVersion": KAFKA_BINDING}},
+        },
         "DeadLetter": {
             "name": "dead-letter", "title": "DeadLetter",
-            "summary": "An image-uploads message that could not be processed, unchanged.",
+            "summary": "A message that could not be processed, unchanged.",
             "contentType": "application/octet-stream",
             "headers": refs["DeadLetterHeaders"],
             "payload": {"description": "the rejected message's bytes, exactly as read "
@@ -83,10 +92,20 @@ def build(settings: Settings | None = None) -> dict[str, Any]:
         (settings.topic_callbacks, "Callback",
          "Webhooks waiting for delivery; acked only when delivery ended. Written by the "
          "results agent, read by the callbacks agent."),
+        (settings.topic_reclassify, "ReclassifyEvent",
+         "Stored originals to classify again with a job's model, paced by the job's token "
+         "bucket. Written by a re-classification job's runner (imagerec reclassify, POST "
+         "/v1/admin/reclassify); read by the reclassify agent, which sends the merged "
+         "result (with history) to image-results."),
+        (settings.topic_drops, "DropNotification",
+         "MinIO's bucket notifications for objects written under the drop prefix of "
+         "input-images (its format, not imagerec's). Written by MinIO; read by the drops "
+         "agent, which turns each into an upload event."),
         (settings.topic_dlq, "DeadLetter",
-         "image-uploads messages that cannot be processed (not JSON, missing or mistyped "
-         "fields, an unsupported version). Written by the classify agent; read by "
-         "operators, who re-drive them to source-topic."),
+         "Messages of image-uploads, image-reclassify and image-drops that cannot be "
+         "processed (not JSON, missing or mistyped fields, an unsupported version). Written "
+         "by the agent that read them; read by operators, who re-drive them to "
+         "source-topic."),
     ]
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}

@@ -141,6 +141,17 @@ class ErrorBody(Message):
 
 
 
+class HistoryEntry(Message):
+    """One model version's answer for an image, as re-classification keeps them."""
+
+    name: str | None
+    version: str | None
+    variant: str | None = None
+    engine: str | None = None
+    status: Literal["done", "failed"] | None
+    completed_at: Timestamp | None = None
+
+
 class ResultMessage(Message):
     """``image-results``: one image's finished result (``done`` or ``failed``).
 
@@ -169,6 +180,12 @@ class ResultMessage(Message):
     tenant: str = ""
     source_key: str | None = Field(None, description="the drop key it came from, for an "
                                    "image written straight to storage")
+    history: list[HistoryEntry] | None = Field(None, description="every model version that "
+                                               "classified the image, oldest first; present "
+                                               "once it was re-classified")
+    reclassify_job: str | None = Field(None, description="the re-classification job that "
+                                       "produced this answer (its webhook is not called "
+                                       "again)")
     v: Version = SCHEMA_VERSION
 
 
@@ -182,6 +199,82 @@ class CallbackMessage(ResultMessage):
     callback_url: str = Field(description="where the webhook goes")  # type: ignore[assignment]
 
 
+class ReclassifyEvent(Message):
+    """``image-reclassify``: a stored original to classify again with a job's model.
+
+    Key: the image id. Written by a re-classification job's runner (``app.reclassify``),
+    through its token bucket; read by the reclassify agent, which sends the merged result
+    (with ``history``) to ``image-results``."""
+
+    topic_setting: ClassVar[str] = "topic_reclassify"
+
+    id: ImageId
+    model: str = Field(description="the model to run, NAME:VERSION")
+    job: str = Field(description="the job's id")
+    enqueued_at: Timestamp | None = None
+    v: Version = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> ReclassifyEvent:
+        """Parse and validate; ``BadEvent`` (the message goes to the DLQ) if unusable."""
+        try:
+            data = json.loads(raw or b"")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadEvent(f"not a reclassify event: not JSON: {exc}") from exc
+        if isinstance(data, dict) and not known_version(data):
+            raise BadEvent(f"unsupported message version {data['v']} (this worker reads up "
+                           f"to {SCHEMA_VERSION})")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _bad_event(exc, data) from exc
+
+
+class DropObject(Message):
+    """The object of a bucket notification record (S3's event message structure)."""
+
+    key: str = Field(description="URL-encoded, as S3 event messages carry it")
+    size: int = Field(0, ge=0)
+    eTag: str = ""  # noqa: N815 - S3's own field names
+    sequencer: str = ""
+
+
+class DropBucket(Message):
+    name: str
+
+
+class DropS3(Message):
+    bucket: DropBucket
+    object: DropObject
+
+
+class DropRecord(Message):
+    """One record: an object was created (or removed) under the drop prefix."""
+
+    eventName: str = Field(description="e.g. s3:ObjectCreated:Put")  # noqa: N815
+    eventTime: Timestamp  # noqa: N815
+    s3: DropS3
+
+
+class DropNotification(Message):
+    """``image-drops``: MinIO's bucket notification for an object written under the drop
+    prefix of ``input-images`` (S3's event message structure; only the fields imagerec
+    reads are listed, others are ignored). Written by MinIO itself (its Kafka target,
+    configured by provisioning), read by the drops agent (``app.drops``), which turns it
+    into an ordinary upload event. Key: ``<bucket>/<object key>``. It carries no ``v``:
+    its format is MinIO's."""
+
+    topic_setting: ClassVar[str] = "topic_drops"
+
+    model_config = ConfigDict(strict=False, extra="ignore", frozen=True)
+    EventName: str | None = None  # noqa: N815
+    Key: str | None = None  # noqa: N815
+    Records: list[DropRecord]  # noqa: N815
+
+
 class DeadLetterHeaders(Message):
     """``image-uploads-dlq`` headers: why and when a message was dead-lettered. The value is
     the rejected message's bytes, unchanged (not necessarily JSON); re-drive it to
@@ -193,7 +286,8 @@ class DeadLetterHeaders(Message):
 
     error: str = Field(description="the reason, e.g. 'not JSON: ...', 'unsupported "
                                    "message version 2 ...'")
-    source_topic: str = Field(alias="source-topic", description="where it was read")
+    source_topic: str = Field(alias="source-topic", description="where it was read "
+                              "(image-uploads, image-reclassify or image-drops)")
     failed_at: Timestamp = Field(alias="failed-at")
 
     def to_headers(self) -> dict[str, bytes]:
@@ -203,7 +297,8 @@ class DeadLetterHeaders(Message):
 
 # Every topic's message, for the AsyncAPI document and for tests; a new topic adds a line.
 TOPIC_MESSAGES: tuple[type[Message], ...] = (UploadEvent, ResultMessage, CallbackMessage,
-                                             DeadLetterHeaders)
+                                             DeadLetterHeaders, ReclassifyEvent,
+                                             DropNotification)
 
 
 def known_version(message: dict[str, Any]) -> bool:

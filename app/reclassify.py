@@ -44,6 +44,7 @@ from app import results as res
 from app.broker import get_publisher
 from app.ids import is_image_id
 from app.logs import get_logger
+from app.messages import ReclassifyEvent  # its message model, with the others
 from app.reconcile import _ulid_floor
 from app.settings import get_settings
 from app.storage import ObjectMissing, get_store
@@ -279,8 +280,8 @@ async def _count(spec: JobSpec, start: str, stop: str, job_id: str) -> int:
 
 
 def encode_event(image_id: str, model: str, job_id: str) -> bytes:
-    return json.dumps({"id": image_id, "model": model, "job": job_id,
-                       "enqueued_at": res.now_iso(), "v": 1}, separators=(",", ":")).encode()
+    return ReclassifyEvent(id=image_id, model=model, job=job_id,
+                           enqueued_at=res.now_iso()).to_bytes()
 
 
 async def run_job(job_id: str, *, on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -371,26 +372,6 @@ async def resume_orphans(start: Callable[[str], Awaitable[Any]]) -> list[str]:
 
 
 # --- the agent's side: classify with the job's model and keep the history ----------------------
-
-
-@dataclass(frozen=True)
-class ReclassifyEvent:
-    id: str
-    model: str
-    job: str
-    enqueued_at: str
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | None) -> ReclassifyEvent:
-        try:
-            data = json.loads(raw or b"")
-            event = cls(str(data["id"]), str(data["model"]), str(data["job"]),
-                        str(data.get("enqueued_at") or res.now_iso()))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise res.BadEvent(f"not a reclassify event: {exc!r}") from exc
-        if not is_image_id(event.id):
-            raise res.BadEvent(f"invalid image id {event.id!r}")
-        return event
 
 
 _pinned: dict[str, Any] = {}

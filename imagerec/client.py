@@ -16,8 +16,9 @@ Errors: every failure is an ``ImagerecError``: ``Unreachable`` (no answer from t
 retries, with the server's ``code``), ``WaitTimeout`` (no final result in time). 429 and 503
 are retried after their Retry-After (``retries`` times).
 
-Not here yet: re-classification (``imagerec reclassify`` and its admin API are being built
-separately; this client will wrap its endpoint once it exists).
+Admin keys also ``reclassify`` stored images with another model version (a job in the
+workers, rate-limited and resumable), follow it with ``reclassify_job`` and stop it with
+``cancel_reclassify``; ``imagerec reclassify`` is built on these.
 """
 
 from __future__ import annotations
@@ -430,6 +431,32 @@ class AsyncClient:
         return form
 
 
+    # --- re-classification (admin keys) -----------------------------------------------------
+
+    async def reclassify(self, model: str | None = None, *, since: str = "", prefix: str = "",
+                         rate: float | None = None, restart: bool = False) -> dict[str, Any]:
+        """Start (or resume: the same model, since and prefix make the same job) a job that
+        classifies stored images again with ``model`` (``NAME[:VERSION]``, default: the
+        server's default model). ``since``: an ISO date or time; ``prefix``: only images
+        dropped into storage under this key prefix; ``rate``: images per second. Returns
+        the job: ``{id, state, model, total, enqueued, finished, ...}``. Needs the admin
+        scope (``KeyRejected`` otherwise)."""
+        body: dict[str, Any] = {"since": since, "prefix": prefix, "restart": restart}
+        if model:
+            body["model"] = model
+        if rate:
+            body["rate"] = rate
+        return await self._json("POST", "/v1/admin/reclassify", ok=(202,), json=body)
+
+    async def reclassify_job(self, job_id: str) -> dict[str, Any]:
+        """A re-classification job's state now (``state``: running, done, cancelled, failed)."""
+        return await self._json("GET", f"/v1/admin/reclassify/{job_id}")
+
+    async def cancel_reclassify(self, job_id: str) -> dict[str, Any]:
+        """Stop a job (what it already enqueued still completes)."""
+        return await self._json("DELETE", f"/v1/admin/reclassify/{job_id}", ok=(200, 202))
+
+
 class Client:
     """The same client for code that is not async: every method blocks until done.
 
@@ -508,6 +535,21 @@ class Client:
                          content_type: str | None = None) -> dict[str, Any]:
         """See ``AsyncClient.upload_presigned``."""
         return self._run(self.aio.upload_presigned(image, content_type=content_type))
+
+
+    def reclassify(self, model: str | None = None, *, since: str = "", prefix: str = "",
+                   rate: float | None = None, restart: bool = False) -> dict[str, Any]:
+        """See ``AsyncClient.reclassify``."""
+        return self._run(self.aio.reclassify(model, since=since, prefix=prefix, rate=rate,
+                                             restart=restart))
+
+    def reclassify_job(self, job_id: str) -> dict[str, Any]:
+        """See ``AsyncClient.reclassify_job``."""
+        return self._run(self.aio.reclassify_job(job_id))
+
+    def cancel_reclassify(self, job_id: str) -> dict[str, Any]:
+        """See ``AsyncClient.cancel_reclassify``."""
+        return self._run(self.aio.cancel_reclassify(job_id))
 
 
 __all__ = ["Answer", "AsyncClient", "Client", "ImagerecError", "KeyRejected", "NotFound",

@@ -90,7 +90,7 @@ def _key_hint(status: int | None, api_key: str | None) -> str:
 
 
 @asynccontextmanager
-async def _client(url: str, api_key: str | None,
+async def cli_client(url: str, api_key: str | None,
                   concurrency: int = 8) -> AsyncIterator[AsyncClient]:
     """The library's client; its errors become CliErrors with this CLI's exit codes."""
     client = AsyncClient(url, api_key, concurrency=concurrency + MAX_LONG_POLLS,
@@ -315,7 +315,7 @@ async def _upload(paths: tuple[Path, ...], url: str, api_key: str | None, wait: 
         progress.update(results, advance=1, note=f"{counts['failed']} not classified"
                         if counts["failed"] else "")
 
-    async with _client(url, api_key, concurrency) as gw:
+    async with cli_client(url, api_key, concurrency) as gw:
         # One cheap request first: a down gateway or a wrong key is then one clean line
         # before any progress bar is drawn, not fifty failed uploads.
         await gw.request("GET", "/v1/models", retries=0)
@@ -381,7 +381,7 @@ def upload(paths: tuple[Path, ...], url: str, api_key: str | None, wait: bool, a
 
 async def _get(image_id: str, url: str, api_key: str | None, as_json: bool, wait: float,
                top_k: int) -> int:
-    async with _client(url, api_key) as gw:
+    async with cli_client(url, api_key) as gw:
         try:
             result = await gw.get(image_id, top_k=top_k, wait=wait)
         except NotFound:
@@ -435,7 +435,7 @@ async def _watch(url: str, api_key: str | None, as_json: bool, count: int | None
         click.echo(f"# stream lost ({exc.message}); retrying" if exc else
                    "# stream ended; reconnecting", err=True)
 
-    async with _client(url, api_key) as gw, \
+    async with cli_client(url, api_key) as gw, \
             aclosing(gw.stream(on_connect=connected, on_drop=dropped)) as results:
         async for result in results:
             click.echo(json.dumps(result, ensure_ascii=False) if as_json

@@ -1,6 +1,7 @@
 """``imagerec reclassify``: run stored originals through another model version.
 
-A thin client of ``POST /v1/admin/reclassify`` (an ``admin`` key): the job runs in the
+A thin front of ``imagerec.client``'s ``reclassify`` (``POST /v1/admin/reclassify``, an
+``admin`` key): the job runs in the
 workers (app.reclassify), rate-limited and resumable, and this command draws its progress bar
 from ``GET /v1/admin/reclassify/{job}``. Interrupting the command does not stop the job;
 ``--watch JOB`` follows it again, ``--cancel JOB`` stops it, and running the same command
@@ -17,21 +18,14 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.cli.client import EXIT_FAILED, CliError, Gateway, _run, gateway_options
+from app.cli.client import EXIT_FAILED, _run, cli_client, gateway_options
+from imagerec.client import AsyncClient
 
 POLL_S = 0.5
 
 
-async def _job(gw: Gateway, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    answer = await gw.request(method, path, **kwargs)
-    if answer.status not in (200, 202) or not isinstance(answer.body, dict):
-        raise CliError(f"{method} {path}: {answer.status} {answer.error_message()}")
-    return answer.body
-
-
-async def _follow(gw: Gateway, job: dict[str, Any], as_json: bool) -> int:
+async def _follow(gw: AsyncClient, job: dict[str, Any], as_json: bool) -> int:
     """Poll until the job is done (or cancelled/failed), with a progress bar."""
-    path = f"/v1/admin/reclassify/{job['id']}"
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
     started, first_finished = time.monotonic(), job.get("finished", 0)
@@ -47,7 +41,7 @@ async def _follow(gw: Gateway, job: dict[str, Any], as_json: bool) -> int:
             if job["state"] in ("done", "cancelled", "failed"):
                 break
             await asyncio.sleep(POLL_S)
-            job = await _job(gw, "GET", path)
+            job = await gw.reclassify_job(job["id"])
     if as_json:
         click.echo(json.dumps(job))
     else:
@@ -58,15 +52,15 @@ async def _follow(gw: Gateway, job: dict[str, Any], as_json: bool) -> int:
 
 async def _reclassify(url: str, api_key: str | None, body: dict[str, Any], watch: str | None,
                       cancel: str | None, wait: bool, as_json: bool) -> int:
-    async with Gateway(url, api_key) as gw:
+    async with cli_client(url, api_key) as gw:
         if cancel:
-            job = await _job(gw, "DELETE", f"/v1/admin/reclassify/{cancel}")
+            job = await gw.cancel_reclassify(cancel)
             click.echo(json.dumps(job) if as_json else f"job {cancel}: {job['state']}")
             return 0
         if watch:
-            job = await _job(gw, "GET", f"/v1/admin/reclassify/{watch}")
+            job = await gw.reclassify_job(watch)
         else:
-            job = await _job(gw, "POST", "/v1/admin/reclassify", json=body)
+            job = await gw.reclassify(**body)
             if not as_json:
                 verb = "started" if job.get("new") else "resumed"
                 click.echo(f"job {job['id']} {verb}: model {job['model']}"
@@ -110,9 +104,6 @@ def reclassify(model: str | None, since: str, prefix: str, rate: float | None, r
       imagerec reclassify --model efficientnet_lite0:1-579344248a93
       imagerec reclassify --since 2026-11-01 --prefix incoming/acme/
     """
-    body: dict[str, Any] = {"since": since, "prefix": prefix, "restart": restart}
-    if model:
-        body["model"] = model
-    if rate:
-        body["rate"] = rate
+    body: dict[str, Any] = {"model": model, "since": since, "prefix": prefix, "rate": rate,
+                            "restart": restart}
     _run(lambda: _reclassify(url, api_key, body, watch, cancel, not no_wait, as_json))

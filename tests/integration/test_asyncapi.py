@@ -3,7 +3,9 @@ validate against the schemas of the document the gateway serves.
 
 One upload that is classified and asks for a webhook (its ``image-uploads``, ``image-results``
 and ``image-callbacks`` messages), one event whose original does not exist (a ``failed``
-result), and one unreadable message (its ``image-uploads-dlq`` copy with the headers).
+result), one unreadable message (its ``image-uploads-dlq`` copy with the headers), one
+presigned upload (MinIO's ``image-drops`` notification) and a re-classification job over it
+(its ``image-reclassify`` message).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import urllib3
 
 from app import results as res
 from app.ids import new_image_id
+from imagerec.client import Client
 from tests.conftest import photo_variants
 from tests.kafkatools import end_offsets, produce, read_from
 
@@ -118,3 +121,41 @@ def test_messages_on_every_topic_validate_against_the_served_document(
     broken = {k: v for k, v in json.loads(results[good][0].value).items() if k != "status"}
     with pytest.raises(jsonschema.ValidationError):
         _validate(document, topics["topic_results"], broken)
+
+
+def test_drop_and_reclassify_messages_validate_against_the_served_document(
+        document, settings, gateway, make_tenant_key) -> None:  # noqa: ANN001
+    drops_start = end_offsets(settings.kafka_bootstrap, settings.topic_drops)
+    again_start = end_offsets(settings.kafka_bootstrap, settings.topic_reclassify)
+    since = res.now_iso()
+    with Client(gateway.base, gateway.api_key) as client:
+        form = client.upload_presigned(photo_variants(1, seed=secrets.randbits(48))[0])
+        result = client.wait(form["id"], timeout=120)
+    assert result["status"] == "done"
+    key = form["fields"]["key"]
+
+    def drop_of(records: list[Any]) -> list[Any]:
+        return [r for r in records if key in json.loads(r.value).get("Key", "")]
+
+    (notification,) = drop_of(read_from(settings.kafka_bootstrap, settings.topic_drops,
+                                        drops_start, drop_of, 60))
+    assert _validate(document, settings.topic_drops,
+                     json.loads(notification.value)) == "drop-notification"
+
+    admin = make_tenant_key("asyncapi-admin", scopes="admin")
+    started = admin.gateway.post_raw("/v1/admin/reclassify", json.dumps(
+        {"model": settings.default_model, "since": since, "prefix": key}).encode(),
+        "application/json")
+    assert started.status == 202, started.body[:300]
+
+    def ours(records: list[Any]) -> list[Any]:
+        return [r for r in records if (r.key or b"").decode() == form["id"]]
+
+    enqueued = ours(read_from(settings.kafka_bootstrap, settings.topic_reclassify,
+                              again_start, ours, 60))
+    assert enqueued, "the job enqueued nothing"
+    for record in enqueued:
+        event = json.loads(record.value)
+        assert _validate(document, settings.topic_reclassify, event) == "reclassify-event"
+        assert event["job"] == started.json()["id"]
+    print(f"validated: 1 drop notification, {len(enqueued)} reclassify event(s)")

@@ -50,15 +50,31 @@ def test_the_document_has_examples_of_every_call() -> None:
     text = "\n".join(_blocks())
     assert len(_blocks()) >= 6
     for call in ("upload(", "wait(", "get(", "stream(", "upload_presigned(", "classify(",
-                 "AsyncClient", "Client("):
+                 "reclassify(", "AsyncClient", "Client("):
         assert call in text, f"no example uses {call}"
 
 
+@pytest.fixture(scope="module")
+def admin_key(keystore) -> str:  # noqa: ANN001
+    """A key with the admin scope, for the re-classification example; deleted afterwards."""
+    import time
+    import uuid
+
+    from app.apikeys import MISS_REFRESH_S
+
+    name = f"test-client-docs-admin-{uuid.uuid4().hex[:8]}"
+    key = keystore.create(name, scopes="admin")
+    time.sleep(MISS_REFRESH_S + 0.1)  # every worker knows it by then
+    yield key
+    keystore.delete(name)
+
+
 @pytest.mark.parametrize("index", range(len(_blocks())))
-def test_example_runs(index: int, folder: Path, gateway, api_key) -> None:  # noqa: ANN001
+def test_example_runs(index: int, folder: Path, gateway, api_key,  # noqa: ANN001
+                      admin_key: str) -> None:
     code = _blocks()[index]
     env = {**os.environ, "IMAGEREC_GATEWAY_URL": gateway.base, "IMAGEREC_API_KEY": api_key,
-           "PYTHONPATH": str(REPO)}
+           "IMAGEREC_ADMIN_KEY": admin_key, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=300)
     first_line = code.strip().splitlines()[0]

@@ -50,9 +50,11 @@ def test_document_is_valid_asyncapi_3() -> None:
 
 
 def test_document_covers_every_topic_with_the_served_names() -> None:
-    doc = asyncapi.build(get_settings().model_copy(update={"topic_results": "r2"}))
+    settings = get_settings().model_copy(update={"topic_results": "r2"})
+    doc = asyncapi.build(settings)
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert addresses == {"image-uploads", "r2", "image-uploads-dlq", "image-callbacks"}
+    assert addresses == set(settings.topics)  # every topic the stack creates
+    assert "r2" in addresses and "image-results" not in addresses
     for channel in doc["channels"].values():
         assert channel["bindings"]["kafka"]["topic"] == channel["address"]
     assert {m.__name__ for m in msg.TOPIC_MESSAGES} <= set(doc["components"]["schemas"])
@@ -110,3 +112,25 @@ def test_an_invalid_event_cannot_even_be_built() -> None:
         _event(id="../../x")
     with pytest.raises(ValueError, match="size"):
         _event(size=-1)
+
+
+def test_reclassify_events_and_drop_notifications_validate_against_the_document() -> None:
+    from app import reclassify
+
+    doc = asyncapi.build()
+    raw = reclassify.encode_event(new_image_id(), "efficientnet_lite0:1", "job1")
+    _validator(doc, "ReclassifyEvent").validate(json.loads(raw))
+    assert msg.ReclassifyEvent.from_bytes(raw).job == "job1"
+    with pytest.raises(msg.BadEvent, match="unsupported message version"):
+        msg.ReclassifyEvent.from_bytes(raw.replace(b'"v":1', b'"v":9'))
+    notification = {  # what MinIO sends, trimmed (tests/integration reads real ones)
+        "EventName": "s3:ObjectCreated:Put", "Key": "input-images/incoming/dev/a.jpg",
+        "Records": [{"eventVersion": "2.0", "eventSource": "minio:s3",
+                     "eventName": "s3:ObjectCreated:Put",
+                     "eventTime": "2026-12-03T00:00:00.123Z",
+                     "s3": {"bucket": {"name": "input-images"},
+                            "object": {"key": "incoming%2Fdev%2Fa.jpg", "size": 10,
+                                       "eTag": "abc", "sequencer": "18ED"}}}]}
+    _validator(doc, "DropNotification").validate(notification)
+    with pytest.raises(jsonschema.ValidationError):
+        _validator(doc, "DropNotification").validate({"Records": [{"eventName": "x"}]})
