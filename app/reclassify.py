@@ -445,6 +445,27 @@ async def _stored_result(image_id: str) -> dict[str, Any] | None:
     return res.decode(raw)
 
 
+async def _keep(event: ReclassifyEvent, prev: dict[str, Any], new: dict[str, Any], info: Any,
+                send_result: Callable[[str, bytes], Awaitable[None]]) -> None:
+    """Both versions' answers first, then the newest document, then the send: a redelivery
+    finds whatever was written and writes the same again."""
+    settings = get_settings()
+    store = get_store()
+    writes = []
+    if prev.get("model") and prev.get("status") == "done":
+        pm = prev["model"]
+        writes.append(store.put(settings.bucket_results, names.result_version_key(
+            event.id, pm["name"], pm["version"]), version_doc(prev), "application/json"))
+    new = {**new, "created_at": prev.get("created_at", new["created_at"])}
+    writes.append(store.put(settings.bucket_results, names.result_version_key(
+        event.id, info.name, info.version), version_doc(new), "application/json"))
+    await asyncio.gather(*writes)
+    encoded = res.encode(merge(prev, new, event.job))
+    await store.put(settings.bucket_results, names.result_key(event.id), encoded,
+                    "application/json")
+    await send_result(event.id, encoded)
+
+
 async def reclassify_batch(raws: list[bytes | None],
                            send_result: Callable[[str, bytes], Awaitable[None]],
                            to_dlq: Callable[[bytes | None, str], Awaitable[None]]) -> int:
@@ -454,8 +475,6 @@ async def reclassify_batch(raws: list[bytes | None],
     images with this model's answer already, or without a final result yet, are skipped."""
     from app.pipeline import classify_batch
 
-    settings = get_settings()
-    store = get_store()
     redis = _redis()
     events: list[ReclassifyEvent] = []
     for raw in raws:
@@ -472,8 +491,8 @@ async def reclassify_batch(raws: list[bytes | None],
         info = classifier.current.info
         todo: list[tuple[ReclassifyEvent, dict[str, Any]]] = []
         finished: list[ReclassifyEvent] = []
-        for event in group:
-            prev = await _stored_result(event.id)
+        stored = await asyncio.gather(*(_stored_result(e.id) for e in group))
+        for event, prev in zip(group, stored, strict=True):
             if prev is None or not res.is_final(prev) or has_answer(prev, info.name,
                                                                     info.version):
                 finished.append(event)
@@ -486,27 +505,15 @@ async def reclassify_batch(raws: list[bytes | None],
                 tenant=p.get("tenant") or "", source_key=p.get("source_key"))
                 for e, p in todo]
             batch = await classify_batch(uploads, classifier)
-            for (event, prev), new in zip(todo, batch.results, strict=True):
-                if prev.get("model") and prev.get("status") == "done":
-                    pm = prev["model"]
-                    await store.put(settings.bucket_results,
-                                    names.result_version_key(event.id, pm["name"],
-                                                             pm["version"]),
-                                    version_doc(prev), "application/json")
-                new = {**new, "created_at": prev.get("created_at", new["created_at"])}
-                await store.put(settings.bucket_results,
-                                names.result_version_key(event.id, info.name, info.version),
-                                version_doc(new), "application/json")
-                current = merge(prev, new, event.job)
-                encoded = res.encode(current)
-                await store.put(settings.bucket_results, names.result_key(event.id), encoded,
-                                "application/json")
-                await send_result(event.id, encoded)
-                finished.append(event)
-                answered += new["status"] == "done"
+            await asyncio.gather(*(_keep(e, p, n, info, send_result) for (e, p), n
+                                   in zip(todo, batch.results, strict=True)))
+            finished += [e for e, _ in todo]
+            answered += sum(n["status"] == "done" for n in batch.results)
+        pipe = redis.pipeline(transaction=False)
         for event in finished:
-            await redis.sadd(names.redis_reclassify_done(event.job), event.id)
-            await redis.expire(names.redis_reclassify_done(event.job), JOB_TTL_S)
+            pipe.sadd(names.redis_reclassify_done(event.job), event.id)
+            pipe.expire(names.redis_reclassify_done(event.job), JOB_TTL_S)
+        await pipe.execute()
     return answered
 
 

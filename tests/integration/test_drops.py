@@ -101,6 +101,19 @@ def test_a_folder_copied_into_the_drop_prefix_is_classified(settings, make_tenan
     assert other.gateway.get(f"/v1/images/{final[keys[0]]['id']}").status == 404
 
 
+def test_a_drop_without_a_tenant_fails_and_only_admins_see_it(settings, make_tenant_key
+                                                             ) -> None:
+    admin = make_tenant_key("drops-admin", scopes="admin")
+    tenant = make_tenant_key("drops-t", tenant="drops-t")
+    key = f"{settings.drop_prefix}no-tenant-{uuid.uuid4().hex[:8]}.jpg"  # no <tenant>/ part
+    _drop(make_minio(settings), settings.bucket_input, key, jpeg_of("coffee"), "image/jpeg")
+    [result] = _wait_final_by_source(admin.gateway, [key], timeout_s=60).values()
+    assert result["status"] == "failed" and result["error"]["code"] == "bad_drop_key"
+    assert result["tenant"] == "" and result["sha256"] == ""
+    assert _by_source(tenant.gateway, key) == []
+    assert tenant.gateway.get(f"/v1/images/{result['id']}").status == 404
+
+
 def test_a_redelivered_notification_does_not_classify_again(settings, make_tenant_key) -> None:
     """At-least-once: the same MinIO notification delivered a second time names the same
     image id and is skipped; the image keeps its one result."""

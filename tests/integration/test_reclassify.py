@@ -87,3 +87,36 @@ def test_reclassify_keeps_both_models_answers(settings, make_tenant_key) -> None
     # only admins may start jobs
     denied = _cli(settings, owner.key, "--model", f"{NAME}:{new}")
     assert denied.returncode == 4, denied.stderr
+
+
+def test_reclassify_a_drop_prefix_only(settings, make_tenant_key) -> None:
+    """``--prefix``: only the images dropped under that source-key prefix (app.drops)."""
+    import io
+    import uuid
+
+    from app.storage import make_minio
+    from tests.integration.test_drops import _wait_final_by_source
+
+    owner = make_tenant_key("reclass-prefix", tenant="reclass-prefix")
+    admin = make_tenant_key("reclass-prefix-admin", scopes="admin")
+    since = datetime.now(UTC).isoformat(timespec="milliseconds")
+    client = make_minio(settings)
+    base = f"{settings.drop_prefix}{owner.tenant}/{uuid.uuid4().hex[:6]}"
+    keys = [f"{base}/cam-a/{i}.jpg" for i in range(5)] + [f"{base}/cam-b/{i}.jpg"
+                                                         for i in range(3)]
+    for key, data in zip(keys, photo_variants(len(keys), seed=int(time.time()) + 3),
+                         strict=True):
+        client.put_object(settings.bucket_input, key, io.BytesIO(data), len(data),
+                          content_type="image/jpeg")
+    final = _wait_final_by_source(owner.gateway, keys, timeout_s=120)
+    [old] = {r["model"]["version"] for r in final.values()}
+    [new] = [v for v in VERSIONS if v != old]
+    proc = _cli(settings, admin.key, "--model", f"{NAME}:{new}", "--since", since,
+                "--prefix", f"{base}/cam-a/", "--rate", "100")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (job["state"], job["total"], job["finished"]) == ("done", 5, 5), job
+    for key, result in final.items():
+        now = owner.gateway.get(f"/v1/images/{result['id']}").json()
+        versions = [h["version"] for h in now.get("history", [])]
+        assert versions == ([old, new] if "/cam-a/" in key else []), (key, now)
