@@ -505,10 +505,14 @@ class Client:
         return self._run(self.aio.wait(image_id, timeout=timeout, top_k=top_k,
                                        not_found_grace=not_found_grace))
 
-    def stream(self, *, last_id: str | None = None,
-               reconnect: bool = True) -> Iterator[dict[str, Any]]:
-        """See ``AsyncClient.stream``; a generator (close it, or break, to stop)."""
-        agen = self.aio.stream(last_id=last_id, reconnect=reconnect)
+    def stream(self, *, last_id: str | None = None, reconnect: bool = True,
+               on_connect: Callable[[], None] | None = None,
+               on_drop: Callable[[ImagerecError | None], None] | None = None
+               ) -> Iterator[dict[str, Any]]:
+        """See ``AsyncClient.stream``; a generator (close it, or break, to stop). The
+        callbacks run on the client's own thread."""
+        agen = self.aio.stream(last_id=last_id, reconnect=reconnect, on_connect=on_connect,
+                               on_drop=on_drop)
         try:
             while True:
                 try:
