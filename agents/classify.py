@@ -16,6 +16,7 @@ from app import cache, metrics
 from app import results as res
 from app.faust_app import app, settings
 from app.logs import get_logger
+from app.messages import DeadLetterHeaders
 from app.pipeline import Classified, classify_batch, store_batch
 from app.runtime import get_classifier
 from app.topics import dlq_topic, results_topic, uploads_topic
@@ -26,11 +27,9 @@ log = get_logger(__name__)
 async def _to_dlq(raw: bytes | None, error: str) -> None:
     metrics.DLQ_MESSAGES.inc()
     log.warning("message sent to DLQ", error=error)
-    fut = await dlq_topic.send(value=raw or b"", headers={
-        "error": error.encode()[:1000],
-        "source-topic": settings.topic_uploads.encode(),
-        "failed-at": res.now_iso().encode(),
-    })
+    headers = DeadLetterHeaders(error=error, source_topic=settings.topic_uploads,
+                                failed_at=res.now_iso())
+    fut = await dlq_topic.send(value=raw or b"", headers=headers.to_headers())
     await fut
 
 

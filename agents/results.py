@@ -14,6 +14,7 @@ from app import cache, metrics
 from app import results as res
 from app.faust_app import app
 from app.logs import get_logger
+from app.messages import known_version
 from app.settings import get_settings
 from app.topics import callbacks_topic, results_topic
 from tables.results import results_table
@@ -98,8 +99,13 @@ async def store_results(stream):  # noqa: ANN001 - faust.StreamT
         except (ValueError, KeyError, TypeError) as exc:
             log.error("unreadable result message skipped", error=repr(exc))
             continue
+        if not known_version(result):  # app.messages: never guess at a newer schema
+            log.error("result of an unsupported message version skipped", image_id=image_id,
+                      v=result.get("v"))
+            continue
         results_table[image_id] = raw  # the message bytes as they are: no re-encoding
         await _cache(result, raw)
         _observe(result)
-        if result.get("callback_url"):
+        # A re-classified result (app.reclassify) does not call the webhook a second time.
+        if result.get("callback_url") and not result.get("reclassify_job"):
             await _queue_callback(image_id, raw)

@@ -233,6 +233,7 @@ def check_tenant(tenant: str) -> str:
 _SCOPE_RULES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/v1/images", "upload"),
     ("POST", "/v1/classify", "upload"),
+    ("POST", "/v1/uploads", "upload"),
     ("*", "/function/", "upload"),
     ("*", "/v1/admin/", "admin"),
     ("*", "/v1/", "read"),

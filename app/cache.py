@@ -41,10 +41,12 @@ if ARGV[3] == '1' then
   redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
   if ARGV[7] == '1' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[2]) end
 end
-redis.call('LPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+if ARGV[8] == '1' then
+  redis.call('LPUSH', KEYS[3], ARGV[4])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+end
 redis.call('DEL', KEYS[4])
-if ARGV[7] == '1' then
+if ARGV[7] == '1' and ARGV[8] == '1' then
   redis.call('LPUSH', KEYS[5], ARGV[4])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
 end
@@ -76,7 +78,9 @@ async def put_result(result: dict[str, Any], data: bytes, ttl_s: int | None = No
               names.redis_processing(result["id"]), names.redis_recent_tenant(tenant or "-"),
               tenant_dedup],
         args=[data, ttl, "1" if dedup else "0",
-              result["id"], RECENT_MAX, names.REDIS_CHANNEL, "1" if tenant else "0"])
+              result["id"], RECENT_MAX, names.REDIS_CHANNEL, "1" if tenant else "0",
+              # a re-classified image is not new: it keeps its place in the recent lists
+              "0" if result.get("reclassify_job") else "1"])
 
 
 async def find_duplicate(sha256: str, model_name: str, model_version: str,

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from app import cache, imaging, names, netguard
 from app import results as res
@@ -32,6 +33,8 @@ from app.storage import get_store
 from app.tenancy import ORIGINAL_TENANT_META
 
 log = get_logger(__name__)
+# The drop key an original came from (app.drops), percent-encoded: x-amz-meta-source-key.
+ORIGINAL_SOURCE_META = "source-key"
 
 # (name, version), or one per model variant (fp32 and int8 results carry their own versions)
 ModelRef = Callable[[], Awaitable[tuple[str, str] | list[tuple[str, str]] | None]]
@@ -97,12 +100,18 @@ async def find_existing(sha256: str, model_ref: ModelRef | None,
 async def accept(data: bytes, *, tenant: str, request_id: str = "",
                  callback_url: str | None = None, model_ref: ModelRef | None = None,
                  new_id: Callable[[], Awaitable[str]] | None = None,
-                 keep: RecentUploads | None = None) -> tuple[int, dict[str, Any]]:
+                 keep: RecentUploads | None = None, image_id: str | None = None,
+                 source_key: str | None = None) -> tuple[int, dict[str, Any]]:
     """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result
     of the same ``tenant``.
 
     A worker passes ``new_id`` and ``keep`` (app.locality) so that it classifies what it
     accepted from memory; the function leaves them out.
+
+    A drop (app.drops) passes its own ``image_id`` (derived from the storage event, so a
+    redelivered notification names the same image) and its ``source_key``. Nobody waits for
+    a drop's answer, so an identical earlier image of the same tenant does not answer it: the
+    drop gets its record all the same, with the labels copied (``reuse_of``).
 
     Raises ``imaging.ImageError`` (413/415/422), ``ApiError`` (400) or ``DependencyDown``
     (503).
@@ -114,22 +123,25 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
 
     existing = await find_existing(sha256, model_ref, tenant)
     reuse_of: str | None = None
-    if existing is not None and existing.get("tenant") == tenant:
+    if existing is not None and existing.get("tenant") == tenant and source_key is None:
         log.info("duplicate upload answered from cache", image_id=existing["id"])
         return 200, res.view(existing, source="redis") | {"duplicate_of": existing["id"]}
     if existing is not None:  # another tenant's: share the work, not the record
         reuse_of = existing["id"]
 
-    image_id = await new_id() if new_id is not None else new_image_id()
+    if image_id is None:
+        image_id = await new_id() if new_id is not None else new_image_id()
     event = res.UploadEvent(
         id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
         request_id=request_id, callback_url=callback_url, width=width, height=height,
-        tenant=tenant, reuse_of=reuse_of,
+        tenant=tenant, reuse_of=reuse_of, source_key=source_key,
     )
     store = get_store()
+    meta = {"sha256": sha256, "created-at": event.created_at, ORIGINAL_TENANT_META: tenant}
+    if source_key is not None:  # metadata is an HTTP header: ASCII only
+        meta[ORIGINAL_SOURCE_META] = quote(source_key, safe="/")
     await store.put(settings.bucket_input, names.original_key(image_id), data,
-                    CONTENT_TYPES[fmt], {"sha256": sha256, "created-at": event.created_at,
-                                         ORIGINAL_TENANT_META: tenant})
+                    CONTENT_TYPES[fmt], meta)
     if keep is not None:
         keep.keep(image_id, data)  # before the produce: the agent may take it at once
     try:

@@ -1,8 +1,11 @@
-"""The upload event and the result document: their one schema, encoding and filtering.
+"""The result document: building, encoding and filtering it.
 
-Results are plain JSON dicts (not Faust Records) so that the table, Redis, the
-``classification-results`` bucket, the ``image-results`` topic, SSE and the HTTP API all carry
-byte-for-byte the same document.
+Its schema, and the upload event's, are the models in ``app.messages`` (the AsyncAPI
+document is generated from them). Results stay plain JSON dicts here, not model instances,
+so that the table, Redis, the ``classification-results`` bucket, the ``image-results`` topic,
+SSE and the HTTP API all carry byte-for-byte the same document, and so that nothing on the
+classify agent's path can raise on a field a borrowed earlier result lacks; unit tests and
+the topic tests (tests/integration/test_asyncapi.py) hold these dicts to the models.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.ids import is_image_id
+# Re-exported: the agents and the ingest code know them as res.UploadEvent, res.BadEvent.
+from app.messages import SCHEMA_VERSION, BadEvent, UploadEvent  # noqa: F401
 
-SCHEMA_VERSION = 1
 STORED_LABELS = 25  # how many labels a result keeps; `top_k` can ask for up to this many
 PRIVATE_FIELDS = ("callback_url",)  # stored with the result, never shown to clients
 
@@ -29,66 +32,6 @@ def iso_in(seconds: float) -> str:
 
     when = datetime.now(UTC) + timedelta(seconds=seconds)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class BadEvent(ValueError):
-    """A message on ``image-uploads`` that cannot be processed at all (goes to the DLQ)."""
-
-
-@dataclass(frozen=True)
-class UploadEvent:
-    """What the uploader tells the classify agent; everything else is in the object store."""
-
-    id: str
-    sha256: str
-    format: str
-    size: int
-    created_at: str
-    request_id: str = ""
-    callback_url: str | None = None
-    width: int = 0
-    height: int = 0
-    reconciled: bool = False
-    # The uploader's tenant (app.tenancy); empty only for events from before tenants existed.
-    tenant: str = ""
-    # An earlier image with the same bytes and a finished result, possibly another tenant's:
-    # the agent copies its labels into this image's own record instead of classifying again.
-    reuse_of: str | None = None
-    v: int = SCHEMA_VERSION
-
-    def to_bytes(self) -> bytes:
-        # The fields are flat, so a shallow copy will do; asdict() deep-copies recursively.
-        return json.dumps(vars(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | None) -> UploadEvent:
-        if not raw:
-            raise BadEvent("empty message")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadEvent(f"not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise BadEvent("not a JSON object")
-        try:
-            event = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-        except TypeError as exc:
-            raise BadEvent(f"missing fields: {exc}") from exc
-        if not isinstance(event.id, str) or not is_image_id(event.id):
-            raise BadEvent(f"invalid image id {event.id!r}")
-        for name in ("sha256", "format", "created_at", "request_id", "tenant"):
-            if not isinstance(getattr(event, name), str):
-                raise BadEvent(f"field {name!r} is not a string")
-        if event.callback_url is not None and not isinstance(event.callback_url, str):
-            raise BadEvent("field 'callback_url' is not a string")
-        if event.reuse_of is not None and (not isinstance(event.reuse_of, str)
-                                           or not is_image_id(event.reuse_of)):
-            raise BadEvent(f"invalid reuse_of {event.reuse_of!r}")
-        for name in ("size", "width", "height"):
-            value = getattr(event, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BadEvent(f"field {name!r} is not a non-negative integer")
-        return event
 
 
 @dataclass
@@ -123,7 +66,7 @@ def _base(event: UploadEvent, status: str) -> dict[str, Any]:
         "callback_url": event.callback_url,
         "tenant": event.tenant,
         "v": SCHEMA_VERSION,
-    }
+    } | ({"source_key": event.source_key} if event.source_key is not None else {})
 
 
 def queued(event: UploadEvent, status: str = "queued") -> dict[str, Any]:

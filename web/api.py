@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import View
 
-from app import callbacks, imaging, ingest, metrics, names, params, retrieval
+from app import callbacks, imaging, ingest, metrics, names, params, presign, reclassify, retrieval
 from app import results as res
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown, http_error
 from app.faust_app import app, settings
-from app.ids import is_image_id
+from app.ids import is_image_id, new_image_id
 from app.locality import local_image_id, recent_uploads
 from app.logs import get_logger
 from app.runtime import current_model_ref, get_classifier, list_models
@@ -36,6 +37,7 @@ log = get_logger(__name__)
 CHUNK = 256 * 1024
 MAX_FILES = 100
 MAX_WAIT_S = 60.0
+MODEL_REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
 
 
 def _fail(exc: Exception) -> web.Response:
@@ -187,6 +189,15 @@ class Images(View):
         try:
             limit = _int_param(request, "limit", 50, 1, 200)
             top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
+            source_key = request.query.get("source_key")
+            if source_key is not None:  # a dropped object's images (app.drops)
+                if not source_key or len(source_key.encode()) > 1024:
+                    raise ApiError("source_key must be an object key of 1-1024 bytes",
+                                   code="bad_source_key")
+                found = [r for r in await retrieval.by_source(source_key, limit)
+                         if who.sees_result(r)]
+                return web.json_response(
+                    {"images": [res.view(r, top_k=top_k) for r in found]})
             found = await retrieval.recent(limit, None if who.admin else who.tenant)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, ApiError):
@@ -214,6 +225,15 @@ class Image(View):
                 return found  # type: ignore[no-any-return]
             if not who.sees_result(found):
                 return _not_found()  # unknown, or another tenant's: the same answer
+            if model := request.query.get("model"):  # another model version's answer
+                if not MODEL_REF_RE.match(model):
+                    raise ApiError("model is NAME or NAME:VERSION", code="bad_parameter")
+                other = await reclassify.result_for_model(image_id, model, found)
+                if other is None:
+                    return error_response(404, "model_not_found",
+                                          f"no result of model {model!r} for this image")
+                found = {**other, "history": found.get("history", [])} \
+                    if other is not found else found
             if wait and not res.is_final(found):
                 waited = await get_hub().wait_for(image_id, wait)
                 if waited is not None and who.sees_result(waited):
@@ -374,3 +394,27 @@ class Events(View):
         finally:
             get_hub().unsubscribe(queue)
         return resp
+
+
+@app.page("/v1/uploads")
+class Uploads(View):
+    """A signed form for sending one image straight to storage (app.presign): the id is
+    known at once, the result comes as for any upload once the object has arrived."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        who = from_headers(request.headers)
+        if who is None:
+            return _no_principal()
+        try:
+            raw = await request.content.read(presign.MAX_REQUEST_BYTES + 1)
+            body = presign.parse_request(raw, request.content_type)
+            answer = presign.issue(body, tenant=who.tenant, image_id=new_image_id(),
+                                   gateway_base=presign.gateway_base(request.headers,
+                                                                     settings.gateway_url))
+        except Exception as exc:  # noqa: BLE001 - mapped to JSON errors by _fail
+            return _fail(exc)
+        log.info("presigned upload issued", image_id=answer["id"], tenant=who.tenant,
+                 max_bytes=answer["max_bytes"], content_type=answer["content_type"])
+        return web.json_response(answer, status=201,
+                                 headers={"Location": answer["links"]["self"],
+                                          "Cache-Control": "no-store"})

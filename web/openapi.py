@@ -87,7 +87,13 @@ def _schemas() -> dict[str, Any]:
         "properties": {
             "id": {"type": "string", "pattern": ULID_PATTERN},
             "status": {"type": "string", "enum": ["queued", "processing", "done", "failed"]},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "sha256": {"type": "string", "pattern": "^([0-9a-f]{64})?$",
+                       "description": "of the original; empty for a dropped object that "
+                                      "failed before its bytes were read"},
+            "source_key": {"type": "string",
+                           "description": "for an image dropped straight into storage: "
+                                          "the object key under the drop prefix it came "
+                                          "from (GET /v1/images?source_key= finds it)"},
             "model": _nullable(_ref("ModelRef")),
             "labels": {"type": "array", "items": _ref("Label"),
                        "description": "best first, cut to top_k and min_score"},
@@ -127,6 +133,21 @@ def _schemas() -> dict[str, Any]:
                                                    "(GET it with the API key); present "
                                                    "once status is done"},
                       }},
+            "history": {
+                "type": "array",
+                "description": "every model version that classified this image, oldest "
+                               "first (present once an image was re-classified); the "
+                               "document is the newest done answer, ?model= reads another",
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "version": {"type": "string"},
+                    "variant": _nullable({"type": "string"}),
+                    "engine": _nullable({"type": "string"}),
+                    "status": {"type": "string", "enum": ["done", "failed"]},
+                    "completed_at": _nullable({"type": "string", "format": "date-time"}),
+                }}},
+            "reclassify_job": {"type": "string",
+                               "description": "the re-classification job that produced "
+                                              "this answer"},
             "source": {"type": "string", "enum": SOURCES,
                        "description": "which tier answered"},
             "duplicate_of": {"type": "string", "pattern": ULID_PATTERN,
@@ -175,6 +196,34 @@ def _schemas() -> dict[str, Any]:
                 "created": {"type": "string"},
             },
         },
+        "UploadForm": {
+            "type": "object",
+            "description": "A signed form for one image sent straight to storage: POST "
+                           "`fields` and then the image as the part named `file_field` "
+                           "(multipart/form-data) to `url` before `expires_at`. Storage "
+                           "refuses a body over `max_bytes` (400 EntityTooLarge), another "
+                           "Content-Type or key (403). The image is then classified like "
+                           "any upload; GET links.self answers 404 until it has arrived.",
+            "required": ["id", "status", "method", "url", "fields", "file_field",
+                         "content_type", "max_bytes", "expires_at", "links"],
+            "properties": {
+                "id": {"type": "string", "pattern": ULID_PATTERN},
+                "status": {"const": "awaiting_upload"},
+                "method": {"const": "POST"},
+                "url": {"type": "string", "format": "uri",
+                        "description": "the gateway's /storage/upload, or the S3 bucket "
+                                       "URL when the server sets upload_url"},
+                "fields": {"type": "object", "additionalProperties": {"type": "string"},
+                           "description": "form fields to send as they are (key, "
+                                          "Content-Type, policy, signature ...)"},
+                "file_field": {"const": "file"},
+                "content_type": {"type": "string"},
+                "max_bytes": {"type": "integer", "minimum": 1},
+                "expires_at": {"type": "string", "format": "date-time"},
+                "links": {"type": "object", "required": ["self"],
+                          "properties": {"self": {"type": "string"}}},
+            },
+        },
         "Models": {
             "type": "object",
             "required": ["default", "serving", "models"],
@@ -187,6 +236,19 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _upload_request_schema(settings: Settings) -> dict[str, Any]:
+    """``app.presign.UploadRequest``'s own JSON Schema, with the size cap of ``settings``."""
+    from app.presign import UploadRequest
+
+    schema = UploadRequest.model_json_schema()
+    schema.pop("title", None)
+    schema["description"] = "What will be uploaded."
+    for branch in schema["properties"]["size"]["anyOf"]:
+        if branch.get("type") == "integer":
+            branch["maximum"] = settings.max_upload_bytes
+    return schema
+
+
 def _responses(settings: Settings) -> dict[str, Any]:
     retry_after = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
     return {
@@ -196,8 +258,8 @@ def _responses(settings: Settings) -> dict[str, Any]:
         "Unauthorized": _error("No API key, or an unknown, revoked or expired one (code: "
                                "unauthorized)."),
         "Forbidden": _error("The key lacks the scope this operation needs: upload for "
-                            "POST /v1/images, /v1/classify and the functions, read for the "
-                            "rest, admin for operator endpoints (code: forbidden)."),
+                            "POST /v1/images, /v1/uploads, /v1/classify and the functions, "
+                            "read for the rest, admin for operator endpoints (code: forbidden)."),
         "NotFound": _error("No image with this id (code: not_found)."),
         "TooLarge": _error(f"Body over {settings.max_upload_bytes} bytes per image (code: "
                            "too_large); answered by the gateway before the body is read."),
@@ -295,9 +357,36 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                     _param("limit", {"type": "integer", "minimum": 1, "maximum": 200,
                                      "default": 50}, "how many results"),
                     top_k,
+                    _param("source_key", {"type": "string", "minLength": 1,
+                                          "maxLength": 1024},
+                           "instead of the recent results: the images made from this "
+                           "object key of the drop prefix, newest first (a key written "
+                           "twice made two images)"),
                 ],
                 "responses": {"200": _json(_ref("ResultList"), "Recent results."),
                               "400": _resp("BadRequest"), **common},
+            },
+        },
+        "/v1/uploads": {
+            "post": {
+                "operationId": "createUpload",
+                "summary": "A presigned form for sending one image straight to storage",
+                "description": "For large files or clients that should not stream through "
+                               "the API. Needs the upload scope. The image's id is known at "
+                               "once; the result comes as for any upload once the object "
+                               f"has arrived. The form expires after "
+                               f"{settings.upload_url_expiry_s} s.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _upload_request_schema(settings)}}},
+                "responses": {
+                    "201": {**_json(_ref("UploadForm"), "The signed form.",
+                                    {"Location": {"description": "the image's URL",
+                                                  "schema": {"type": "string"}}}),
+                            "links": {"GetImage": {
+                                "operationId": "getImage",
+                                "parameters": {"image_id": "$response.body#/id"}}}},
+                    "400": _resp("BadRequest"), **common,
+                },
             },
         },
         "/v1/images/{image_id}": {
@@ -312,6 +401,11 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                     _param("wait", {"type": "number", "minimum": 0, "maximum": 60,
                                     "default": 0},
                            "long-poll: wait up to this many seconds for a final result"),
+                    _param("model", {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]"
+                                     r"{0,63}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"},
+                           "the answer of this model (NAME: its newest version, or "
+                           "NAME:VERSION) instead of the newest answer; 404 model_not_found "
+                           "when that model never classified the image"),
                 ],
                 "responses": {
                     "200": {**_json(_ref("Result"), "Known image; status says how far it "
@@ -391,6 +485,18 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                 },
             },
         },
+        "/v1/asyncapi.json": {
+            "get": {
+                "operationId": "asyncapi",
+                "summary": "The AsyncAPI 3.0 document of the Kafka topics and their messages",
+                "security": [],
+                "responses": {
+                    "200": {"description": "AsyncAPI 3.0 document (docs/asyncapi.json).",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "429": _resp("RateLimited"), "503": _resp("Unavailable"),
+                },
+            },
+        },
         "/v1/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -459,8 +565,29 @@ def _spec_response_body() -> bytes:
     return json.dumps(build_spec(), separators=(",", ":")).encode()
 
 
+@lru_cache(maxsize=1)
+def _asyncapi_response_body() -> bytes:
+    import json
+
+    from app import asyncapi
+
+    return json.dumps(asyncapi.build(get_settings()), separators=(",", ":")).encode()
+
+
+_DOC_HEADERS = {"Cache-Control": "public, max-age=300"}
+
+
 @app.page("/v1/openapi.json")
 class OpenApiDocument(View):
     async def get(self, request: web.Request) -> web.Response:
         return web.Response(body=_spec_response_body(), content_type="application/json",
-                            headers={"Cache-Control": "public, max-age=300"})
+                            headers=_DOC_HEADERS)
+
+
+@app.page("/v1/asyncapi.json")
+class AsyncApiDocument(View):
+    """The topics' document (app.asyncapi), built from the running settings' topic names."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(body=_asyncapi_response_body(), content_type="application/json",
+                            headers=_DOC_HEADERS)

@@ -15,6 +15,7 @@ _COMMANDS = [
     "app.cli.client:upload",
     "app.cli.client:get",
     "app.cli.client:watch",
+    "app.cli.reclassify:reclassify",
 ]
 
 

@@ -1,8 +1,9 @@
-"""``imagerec upload | get | watch``: the user commands, talking HTTP to the gateway.
+"""``imagerec upload | get | watch``: the user commands, built on the Python client.
 
-They only need the gateway URL and an API key, never the stack's internals, so they work
-from any machine that can reach the gateway. aiohttp gives many uploads in flight at once;
-rich draws the progress bar and the summary table.
+Every HTTP call goes through ``imagerec.client.AsyncClient`` (the library users import), so
+the CLI and programs share one implementation of the API: retries, errors, long-polls, the
+event stream. This module adds what a terminal needs: folders walked for images, many uploads
+in flight with a progress bar (rich), a summary table, and exit codes.
 
 Exit codes (the same for every command, so scripts can tell failures apart):
 0 success; 1 some images were refused or failed; 2 bad usage; 3 the gateway cannot be
@@ -14,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import mimetypes
-import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aiohttp
 import click
 from rich.console import Console
 from rich.progress import (
@@ -37,13 +36,21 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+from imagerec.client import (
+    DEFAULT_URL,
+    FINAL,
+    AsyncClient,
+    ImagerecError,
+    KeyRejected,
+    NotFound,
+    Refused,
+    Unreachable,
+    WaitTimeout,
+)
+
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 )
-FINAL = frozenset({"done", "failed"})
-LONG_POLL_S = 30          # the server caps ?wait= (60 s); stay well below any proxy timeout
-MAX_RETRIES = 5           # for 429/503, which carry Retry-After
 MAX_LONG_POLLS = 32       # results waited for at once with upload --wait
 USER_AGENT = "imagerec-cli/0.1"
 
@@ -75,136 +82,29 @@ def _run(coro_factory: Callable[[], Awaitable[int]]) -> None:
     sys.exit(code)
 
 
-# ---------------------------------------------------------------------------------------
-# HTTP
+def _key_hint(status: int | None, api_key: str | None) -> str:
+    if status == 403:  # a valid key without the scope (e.g. a read-only key)
+        return "this key's scopes do not allow it; `imagerec keys list` shows them"
+    return ("no key was given; pass --api-key or set IMAGEREC_API_KEY" if not api_key
+            else "check --api-key / IMAGEREC_API_KEY")
 
 
-@dataclass
-class Answer:
-    """An HTTP answer, body already read: JSON when the server sent JSON, else None."""
-
-    status: int
-    body: Any
-    text: str
-    retry_after: float | None
-
-    def error_message(self) -> str:
-        """The server's own message when it sent the JSON error shape; else the raw text."""
-        err = self.body.get("error") if isinstance(self.body, dict) else None
-        if isinstance(err, dict) and err.get("message"):
-            code = f" [{err['code']}]" if err.get("code") else ""
-            return f"{err['message']}{code}"
-        snippet = " ".join(self.text.split())[:200]
-        return snippet or f"HTTP {self.status}"
-
-
-class Gateway:
-    """One aiohttp session against the gateway, with auth, errors mapped to CliError."""
-
-    def __init__(self, url: str, api_key: str | None, concurrency: int = 8) -> None:
-        self.url = url.rstrip("/")
-        self.api_key = api_key or None
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        # Callers bound uploads and long-polls with semaphores; the pool has room for both.
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            connector=aiohttp.TCPConnector(limit=concurrency + MAX_LONG_POLLS),
-            # sock_connect, not connect: the latter also counts time queued for a pool slot
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
-                                          sock_read=LONG_POLL_S + 30),
-        )
-
-    async def __aenter__(self) -> Gateway:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._session.close()
-
-    def unreachable(self, exc: BaseException) -> CliError:
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            err = exc.os_error       # "connection refused" reads better than aiohttp's repr
-            reason = (os.strerror(err.errno) if isinstance(err.errno, int) and err.errno > 0
-                      else err.strerror or reason).lower()
-        elif isinstance(exc, asyncio.TimeoutError):
-            reason = "no answer in time"
-        return CliError(f"cannot reach the gateway at {self.url}: {reason}", EXIT_UNREACHABLE)
-
-    def key_rejected(self, answer: Answer) -> CliError:
-        hint = ("no key was given; pass --api-key or set IMAGEREC_API_KEY" if not self.api_key
-                else "check --api-key / IMAGEREC_API_KEY")
-        if answer.status == 403:  # a valid key without the scope (e.g. a read-only key)
-            hint = "this key's scopes do not allow it; `imagerec keys list` shows them"
-        return CliError(f"the API key was rejected ({answer.status}): "
-                        f"{answer.error_message()}; {hint}", EXIT_KEY)
-
-    async def request(self, method: str, path: str, *, retries: int = MAX_RETRIES,
-                      **kwargs: Any) -> Answer:
-        """Send one request; retry 429/503 after Retry-After; raise CliError on 401/403/no
-        route.
-
-        ``kwargs`` may hold ``data_factory``: a callable building a fresh body per attempt
-        (a multipart body can only be sent once).
-        """
-        data_factory = kwargs.pop("data_factory", None)
-        for attempt in range(retries + 1):
-            if data_factory is not None:
-                kwargs["data"] = data_factory()
-            try:
-                async with self._session.request(method, self.url + path, **kwargs) as resp:
-                    text = await resp.text(errors="replace")
-                    answer = Answer(resp.status, _json_or_none(text, resp.content_type), text,
-                                    _seconds(resp.headers.get("Retry-After")))
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                raise self.unreachable(exc) from exc
-            if answer.status in (401, 403):
-                raise self.key_rejected(answer)
-            if answer.status in (429, 502, 503) and attempt < retries:
-                await asyncio.sleep(min(answer.retry_after or 2.0 * 2**attempt, 30.0))
-                continue
-            return answer
-        raise AssertionError("unreachable")  # the loop always returns on its last attempt
-
-    async def events(self, last_id: str | None = None) -> aiohttp.ClientResponse:
-        """Open the Server-Sent Events stream (no read timeout: results may be rare).
-
-        ``last_id``: the last result seen, so the server replays what finished meanwhile.
-        """
-        headers = {"Accept": "text/event-stream"}
-        if last_id:
-            headers["Last-Event-ID"] = last_id
-        try:
-            resp = await self._session.get(
-                self.url + "/v1/events", headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None))
-        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-            raise self.unreachable(exc) from exc
-        if resp.status != 200:
-            text = await resp.text(errors="replace")
-            answer = Answer(resp.status, _json_or_none(text, resp.content_type), text, None)
-            resp.release()
-            if resp.status in (401, 403):
-                raise self.key_rejected(answer)
-            raise CliError(f"the event stream answered {resp.status}: {answer.error_message()}")
-        return resp
-
-
-def _json_or_none(text: str, content_type: str) -> Any:
-    if "json" not in content_type and not text.lstrip().startswith(("{", "[")):
-        return None
+@asynccontextmanager
+async def cli_client(url: str, api_key: str | None,
+                  concurrency: int = 8) -> AsyncIterator[AsyncClient]:
+    """The library's client; its errors become CliErrors with this CLI's exit codes."""
+    client = AsyncClient(url, api_key, concurrency=concurrency + MAX_LONG_POLLS,
+                         user_agent=USER_AGENT)
     try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None      # an HTTP-date Retry-After: fall back to our own backoff
+        yield client
+    except KeyRejected as exc:
+        raise CliError(f"{exc.message}; {_key_hint(exc.status, api_key)}", EXIT_KEY) from None
+    except Unreachable as exc:
+        raise CliError(exc.message, EXIT_UNREACHABLE) from None
+    except ImagerecError as exc:
+        raise CliError(exc.message) from None
+    finally:
+        await client.close()
 
 
 def gateway_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -310,62 +210,43 @@ def collect_files(paths: tuple[Path, ...]) -> Iterator[Path]:
                 yield file
 
 
-async def _upload_one(gw: Gateway, item: Item) -> None:
-    data = await asyncio.to_thread(item.path.read_bytes)
-    content_type = mimetypes.guess_type(item.path.name)[0] or "application/octet-stream"
-
-    def form() -> aiohttp.FormData:
-        body = aiohttp.FormData()
-        body.add_field("file", data, filename=item.path.name, content_type=content_type)
-        return body
-
-    answer = await gw.request("POST", "/v1/images", data_factory=form)
-    body = answer.body[0] if isinstance(answer.body, list) and answer.body else answer.body
-    if answer.status in (200, 202) and isinstance(body, dict) and body.get("id"):
-        item.id = body["id"]
-        item.status = body.get("status", "queued")
-        item.result = body
-        item.error = body.get("error")
-    elif isinstance(body, dict) and isinstance(body.get("error"), dict):
-        item.status, item.error = "refused", {**body["error"], "http_status": answer.status}
-    else:
+async def _upload_one(client: AsyncClient, item: Item) -> None:
+    try:
+        body = await client.upload(item.path)
+    except (Refused, NotFound) as exc:
         item.status = "refused"
-        item.error = {"code": f"http_{answer.status}", "message": answer.error_message(),
-                      "http_status": answer.status}
+        item.error = {"code": exc.code, "message": exc.detail, "http_status": exc.status}
+        return
+    if isinstance(body, list):  # a multi-file answer; we sent one file
+        body = body[0] if body else {}
+    item.id = body.get("id")
+    item.status = body.get("status", "queued")
+    item.result = body
+    item.error = body.get("error")
 
 
-async def _wait_one(gw: Gateway, item: Item, top_k: int, deadline: float) -> None:
-    loop = asyncio.get_running_loop()
-    misses = 0
-    while item.status not in FINAL:
-        remaining = deadline - loop.time()
+async def _wait_one(client: AsyncClient, item: Item, top_k: int, deadline: float) -> None:
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
         if remaining <= 0:
-            item.status = "timeout"
-            item.error = {"code": "timeout", "message": "no result before --timeout"}
-            return
-        wait = max(1, min(LONG_POLL_S, int(remaining)))
-        started = loop.time()
-        answer = await gw.request("GET", f"/v1/images/{item.id}?wait={wait}&top_k={top_k}")
-        if answer.status == 200 and isinstance(answer.body, dict):
-            item.result = answer.body
-            item.status = answer.body.get("status", item.status)
-            item.error = answer.body.get("error")
-        elif answer.status == 404 and misses < 5:
-            misses += 1          # just accepted: another worker may not see it yet
-        else:
-            raise CliError(f"GET /v1/images/{item.id} answered {answer.status}: "
-                           f"{answer.error_message()}")
-        if item.status not in FINAL and loop.time() - started < 1.0:
-            await asyncio.sleep(1.0)     # a server that ignores ?wait= must not be hammered
+            raise WaitTimeout("no time left")
+        result = await client.wait(item.id or "", timeout=remaining, top_k=top_k)
+    except WaitTimeout:
+        item.status = "timeout"
+        item.error = {"code": "timeout", "message": "no result before --timeout"}
+        return
+    item.result = result
+    item.status = result.get("status", item.status)
+    item.error = result.get("error")
 
 
 async def _gather_or_fail(coros: list[Awaitable[None]]) -> None:
-    """Run all; the first CliError (gateway down, key rejected) cancels the rest and wins."""
+    """Run all; the first error (gateway down, key rejected) cancels the rest and wins."""
     try:
         async with asyncio.TaskGroup() as group:
             for coro in coros:
                 group.create_task(coro)  # type: ignore[arg-type]
-    except* CliError as errors:
+    except* (CliError, ImagerecError) as errors:
         raise errors.exceptions[0] from None
 
 
@@ -417,7 +298,7 @@ async def _upload(paths: tuple[Path, ...], url: str, api_key: str | None, wait: 
     deadline = loop.time() + timeout
     counts = {"refused": 0, "failed": 0}
 
-    async def one(gw: Gateway, item: Item) -> None:
+    async def one(gw: AsyncClient, item: Item) -> None:
         async with sem:
             await _upload_one(gw, item)
         if item.status == "refused":
@@ -434,14 +315,14 @@ async def _upload(paths: tuple[Path, ...], url: str, api_key: str | None, wait: 
         progress.update(results, advance=1, note=f"{counts['failed']} not classified"
                         if counts["failed"] else "")
 
-    async with Gateway(url, api_key, concurrency) as gw:
+    async with cli_client(url, api_key, concurrency) as gw:
         # One cheap request first: a down gateway or a wrong key is then one clean line
         # before any progress bar is drawn, not fifty failed uploads.
         await gw.request("GET", "/v1/models", retries=0)
         with progress:
             try:
                 await _gather_or_fail([one(gw, item) for item in items])
-            except CliError:
+            except (CliError, ImagerecError):
                 progress.live.transient = True   # the one error line is the whole story
                 raise
 
@@ -500,15 +381,11 @@ def upload(paths: tuple[Path, ...], url: str, api_key: str | None, wait: bool, a
 
 async def _get(image_id: str, url: str, api_key: str | None, as_json: bool, wait: float,
                top_k: int) -> int:
-    query = f"?top_k={top_k}" + (f"&wait={wait:g}" if wait else "")
-    async with Gateway(url, api_key) as gw:
-        answer = await gw.request("GET", f"/v1/images/{image_id}{query}")
-    if answer.status == 404:
-        raise CliError(f"no image with id {image_id} (404)")
-    if answer.status != 200 or not isinstance(answer.body, dict):
-        raise CliError(f"GET /v1/images/{image_id} answered {answer.status}: "
-                       f"{answer.error_message()}")
-    result = answer.body
+    async with cli_client(url, api_key) as gw:
+        try:
+            result = await gw.get(image_id, top_k=top_k, wait=wait)
+        except NotFound:
+            raise CliError(f"no image with id {image_id} (404)") from None
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False, indent=2))
     else:
@@ -544,65 +421,29 @@ def get(image_id: str, url: str, api_key: str | None, as_json: bool, wait: float
 # watch
 
 
-async def _sse_results(resp: aiohttp.ClientResponse) -> Any:
-    """Yield the parsed ``data`` of each ``result`` event (SSE framing per the HTML spec)."""
-    event, data = "message", []
-    async for raw in resp.content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data and event == "result":
-                try:
-                    yield json.loads("\n".join(data))
-                except ValueError:
-                    pass         # a malformed event must not end the watch
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue             # comment / keep-alive
-        else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-
-
 async def _watch(url: str, api_key: str | None, as_json: bool, count: int | None) -> int:
     seen = 0
-    backoff = 1.0
-    last_id: str | None = None
-    async with Gateway(url, api_key) as gw:
-        first = True
-        while True:
-            try:
-                resp = await gw.events(last_id)
-            except CliError as exc:
-                if first or exc.code == EXIT_KEY:
-                    raise
-                click.echo(f"# stream lost ({exc.message}); retrying in {backoff:g} s",
-                           err=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if first:
-                click.echo(f"# watching {gw.url}/v1/events (Ctrl-C to stop)", err=True)
-            first, backoff = False, 1.0
-            try:
-                async for result in _sse_results(resp):
-                    last_id = result.get("id") or last_id
-                    if as_json:
-                        click.echo(json.dumps(result, ensure_ascii=False))
-                    else:
-                        click.echo(_watch_line(result))
-                    seen += 1
-                    if count and seen >= count:
-                        return 0
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-                pass             # the stream broke: reconnect below
-            finally:
-                resp.release()
-            click.echo("# stream ended; reconnecting", err=True)
-            await asyncio.sleep(backoff)
+    started = False
+
+    def connected() -> None:
+        nonlocal started
+        if not started:
+            click.echo(f"# watching {url.rstrip('/')}/v1/events (Ctrl-C to stop)", err=True)
+        started = True
+
+    def dropped(exc: ImagerecError | None) -> None:
+        click.echo(f"# stream lost ({exc.message}); retrying" if exc else
+                   "# stream ended; reconnecting", err=True)
+
+    async with cli_client(url, api_key) as gw, \
+            aclosing(gw.stream(on_connect=connected, on_drop=dropped)) as results:
+        async for result in results:
+            click.echo(json.dumps(result, ensure_ascii=False) if as_json
+                       else _watch_line(result))
+            seen += 1
+            if count and seen >= count:
+                return 0
+    return 0
 
 
 @click.command()

@@ -7,12 +7,16 @@ partition count (table writes go to the partition of the event: see DESIGN.md se
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from app.settings import Settings
 from app.storage import make_minio
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -50,6 +54,99 @@ def ensure_buckets(settings: Settings) -> list[str]:
     return created
 
 
+def notify_env(settings: Settings, brokers: list[str], queue_dir: str) -> dict[str, str]:
+    """MinIO's Kafka notification target for drops (app.drops), as server environment: every
+    MinIO node of a deployment needs it (``app.stack.services``, docker-compose, Helm).
+
+    ``queue_dir`` is where MinIO keeps events it could not deliver (Kafka down, or not up yet
+    when MinIO starts) and replays them from; without it such events are lost. One directory
+    per node. MinIO's producer waits for the partition leader's ack (acks=1, not
+    configurable); the agent's own writes are acks=all.
+    """
+    target = settings.drop_notify_id
+    if not target:
+        return {}
+    suffix = f"_{target.upper()}"
+    return {
+        f"MINIO_NOTIFY_KAFKA_ENABLE{suffix}": "on",
+        f"MINIO_NOTIFY_KAFKA_BROKERS{suffix}": ",".join(brokers),
+        f"MINIO_NOTIFY_KAFKA_TOPIC{suffix}": settings.topic_drops,
+        f"MINIO_NOTIFY_KAFKA_QUEUE_DIR{suffix}": queue_dir,
+        f"MINIO_NOTIFY_KAFKA_QUEUE_LIMIT{suffix}": "100000",
+    }
+
+
+def notify_arn(settings: Settings, server_arns: list[str] | None = None) -> str:
+    """The ARN of our Kafka target: the one the server lists (its region is in it when the
+    server has one), else the region-less form MinIO uses by default. The target id is
+    upper case: MinIO takes it from the environment variable names."""
+    target = settings.drop_notify_id.upper()  # the env names' suffix, as MinIO reads it
+    for arn in server_arns or []:
+        if arn.endswith(f":{target}:kafka"):
+            return arn
+    return f"arn:minio:sqs::{target}:kafka"
+
+
+def drop_notification(settings: Settings, arn: str) -> Any:
+    """The bucket notification configuration for the drop prefix (object creations only:
+    removing a drop after it was taken in must not come back as an event)."""
+    from minio.notificationconfig import PrefixFilterRule, QueueConfig
+
+    return QueueConfig(queue=arn, events=["s3:ObjectCreated:*"], config_id="imagerec-drops",
+                       prefix_filter_rule=PrefixFilterRule(settings.drop_prefix))
+
+
+def ensure_drop_notification(settings: Settings) -> bool:
+    """Point ``bucket_input``'s notifications for ``drop_prefix`` at our Kafka target,
+    keeping any other configuration on the bucket; True when it changed."""
+    import json
+
+    from minio.error import S3Error
+    from minio.notificationconfig import NotificationConfig
+
+    from app.stack import iam
+
+    if not settings.drop_notify_id:
+        return False
+    try:
+        listed = json.loads(iam.admin_client(settings).info() or "{}").get("sqsARN") or []
+    except Exception:  # noqa: BLE001 - not MinIO, or no admin rights: try the default form
+        listed = None
+    arn = notify_arn(settings, listed)
+    if listed is not None and arn not in listed:
+        # A MinIO started without our Kafka target (e.g. an existing one behind Helm):
+        # setting the notification would fail; provisioning goes on without drops.
+        log.warning("drops are off: MinIO has no Kafka notification target %s; set "
+                    "MINIO_NOTIFY_KAFKA_*_%s on every MinIO node (docs/OPERATIONS.md, Drops)",
+                    arn, settings.drop_notify_id.upper())
+        return False
+    client = make_minio(settings)
+    current = client.get_bucket_notification(settings.bucket_input)
+    ours = drop_notification(settings, arn)
+
+    def same(q: Any) -> bool:
+        rule = q.prefix_filter_rule
+        return (q.queue == ours.queue and q.events == ours.events
+                and rule is not None and rule.value == settings.drop_prefix)
+
+    queues = list(current.queue_config_list)
+    if any(same(q) for q in queues):
+        return False
+    others = [q for q in queues if q.config_id != "imagerec-drops"]
+    try:
+        client.set_bucket_notification(settings.bucket_input, NotificationConfig(
+            cloud_func_config_list=current.cloud_func_config_list,
+            queue_config_list=[*others, ours],
+            topic_config_list=current.topic_config_list))
+    except S3Error as exc:
+        if exc.code != "InvalidArgument":  # the server does not know the ARN
+            raise
+        log.warning("drops are off: the S3 server refused the notification to %s (%s)",
+                    arn, exc.message)
+        return False
+    return True
+
+
 def check_readable(settings: Settings) -> None:
     """List the first object of the models bucket. Stored data sealed under another KMS key
     (a replaced secrets.env) fails here, once and before any worker starts, rather than in
@@ -70,4 +167,6 @@ def provision(settings: Settings) -> dict[str, list[str]]:
     encrypted = iam.ensure_bucket_encryption(settings)
     users = iam.ensure_iam(settings)
     check_readable(settings)
-    return {"topics": topics, "buckets": buckets, "encrypted": encrypted, "users": users}
+    drops = ["notification"] if ensure_drop_notification(settings) else []
+    return {"topics": topics, "buckets": buckets, "encrypted": encrypted, "users": users,
+            "drops": drops}

@@ -198,6 +198,9 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
         "RATE_HUMAN": f"{settings.rate_limit_rps:g} requests/s",
         "RATE_BURST": str(max(0, settings.rate_limit_burst)),
         "TLS": _tls_lines(layout, settings),
+        # Where the gateway's /storage/upload sends presigned upload forms (app.presign).
+        "S3_INPUT_URL": f"{'https' if settings.s3_secure else 'http'}://{settings.s3_endpoint}"
+                        f"/{settings.bucket_input}",
     }
     text = template.read_text()
     for key, value in values.items():
@@ -207,7 +210,12 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
     return out
 
 
-def _minio_env(settings: Settings, generated: dict[str, str]) -> dict[str, str]:
+def _minio_env(settings: Settings, generated: dict[str, str], brokers: list[str],
+               queue_dir: Path) -> dict[str, str]:
+    """One MinIO node's environment; ``brokers`` and ``queue_dir`` (its own) are for the drop
+    notifications' Kafka target (app.stack.provision.notify_env)."""
+    from app.stack.provision import notify_env
+
     return {
         "MINIO_ROOT_USER": settings.s3_access_key,
         "MINIO_ROOT_PASSWORD": settings.s3_secret_key,
@@ -216,6 +224,7 @@ def _minio_env(settings: Settings, generated: dict[str, str]) -> dict[str, str]:
         # The scanner walks every object; see settings.minio_scanner_speed.
         "MINIO_SCANNER_SPEED": settings.minio_scanner_speed,
         **iam.minio_kms_env(generated),
+        **notify_env(settings, brokers, str(queue_dir)),
     }
 
 
@@ -239,7 +248,8 @@ def _single_infra(layout: Layout, settings: Settings, kafka_props: Path, log4j: 
             command=f"{minio_bin} server --quiet --address 127.0.0.1:{s3_port} "
             f"--console-address 127.0.0.1:{s3_port + 1} {layout.data / 'minio'}",
             ports=(s3_port, s3_port + 1),
-            env=_minio_env(settings, generated),
+            env=_minio_env(settings, generated, settings.kafka_servers,
+                           layout.data / "minio-events"),
             priority=10,
         ),
         Service(
@@ -282,7 +292,9 @@ def _cluster_infra(layout: Layout, settings: Settings, log4j: Path,
             ports=(port, port + 1),
             # The drives share the root filesystem here; a 1-byte threshold tells MinIO
             # that no drive of real size is "the root drive" it would otherwise refuse.
-            env={**_minio_env(settings, generated), "MINIO_ROOTDRIVE_THRESHOLD_SIZE": "1",
+            env={**_minio_env(settings, generated, [f"127.0.0.1:{p}" for p in ports.kafka],
+                              layout.data / f"minio-events-{node}"),
+                 "MINIO_ROOTDRIVE_THRESHOLD_SIZE": "1",
                  # Inside a container (/.dockerenv) MinIO waits for loopback endpoints to
                  # "resolve to a valid IP" forever, unless told which host:port is its own.
                  "_MINIO_SERVER_LOCAL": f"127.0.0.1:{port}"},

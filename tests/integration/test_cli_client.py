@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.cli.client import _sse_results, collect_files
+from app.cli.client import collect_files
+from imagerec.client import sse_results
 
 GATEWAY = os.environ.get("IMAGEREC_GATEWAY_URL", "http://127.0.0.1:8080").rstrip("/")
 ULID = re.compile(r"\b[0-9A-HJKMNP-TV-Z]{26}\b")
@@ -180,7 +181,7 @@ async def test_sse_parser_yields_result_events_only() -> None:
               b'data: "status": "done"}\n', b"\n", b"event: other\n", b"data: {}\n", b"\n",
               b"event: result\r\n", b"data:{\"id\": \"B\"}\r\n", b"\r\n",
               b"event: result\n", b"data: not json\n", b"\n"]
-    got = [r async for r in _sse_results(FakeResponse(stream))]  # type: ignore[arg-type]
+    got = [r async for r in sse_results(FakeResponse(stream))]  # type: ignore[arg-type]
     assert got == [{"id": "A", "status": "done"}, {"id": "B"}]
 
 

@@ -415,6 +415,7 @@ def test_probes_are_open_and_metrics_are_not_public(http: urllib3.PoolManager,
     assert http.request("GET", base + "/healthz").status == 200
     assert http.request("GET", base + "/readyz").status in (200, 503)  # open, whatever it says
     assert http.request("GET", base + "/v1/openapi.json").status == 200
+    assert http.request("GET", base + "/v1/asyncapi.json").status == 200
     metrics = http.request("GET", base + "/metrics")
     assert metrics.status == 404 and _error(metrics)["code"] == "not_found"
     page = http.request("GET", base + "/")

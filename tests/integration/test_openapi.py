@@ -73,13 +73,14 @@ def test_document_is_served_without_a_key_and_covers_the_api(base: str) -> None:
         ("POST", "/v1/images"), ("GET", "/v1/images"), ("GET", "/v1/images/{image_id}"),
         ("GET", "/v1/images/{image_id}/input"), ("POST", "/v1/classify"),
         ("GET", "/v1/models"), ("GET", "/v1/events"),
-        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/openapi.json"), ("GET", "/v1/asyncapi.json"),
+        ("POST", "/v1/uploads"),
     }
     for path, item in doc["paths"].items():
         for method, op in item.items():
             codes = set(op["responses"])
             assert "429" in codes and "503" in codes, (method, path)
-            if path != "/v1/openapi.json":
+            if path not in ("/v1/openapi.json", "/v1/asyncapi.json"):
                 assert "401" in codes, (method, path)
 
 

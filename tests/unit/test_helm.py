@@ -404,6 +404,7 @@ def test_gateway_config_is_the_local_template_with_cluster_names(cluster_docs, t
     # the single stack's workers are; a cluster stack lists each worker with health checks.
     settings = Settings(home=tmp_path, topology="single", gateway_workers=worker,
                         gateway_functions=",".join(fns),
+                        s3_endpoint="minio.minio.svc:443", s3_secure=True,  # ci values
                         gateway_bind="0.0.0.0", gateway_url="http://127.0.0.1:8080",
                         max_upload_bytes=10485760, rate_limit_rps=0.5, rate_limit_burst=20)
     layout = Layout(home=tmp_path)
@@ -434,6 +435,7 @@ def test_gateway_config_passes_nginx_t(default_docs, tmp_path) -> None:
     cm = one(docs, "ConfigMap", "gateway")["data"]
     conf = cm["nginx.conf"]
     conf = re.sub(r"[a-z0-9-]+\.imagerec-test\.svc\.cluster\.local", "127.0.0.1", conf)
+    conf = conf.replace("minio.minio.svc", "127.0.0.1")  # the S3 of values.yaml
     conf = conf.replace(" /tmp/", f" {tmp_path}/").replace("/etc/imagerec/nginx", str(tmp_path))
     with socket.socket() as sock:  # nginx -t binds its listen address: take a free one
         sock.bind(("127.0.0.1", 0))
