@@ -120,3 +120,54 @@ def test_reclassify_a_drop_prefix_only(settings, make_tenant_key) -> None:
         now = owner.gateway.get(f"/v1/images/{result['id']}").json()
         versions = [h["version"] for h in now.get("history", [])]
         assert versions == ([old, new] if "/cam-a/" in key else []), (key, now)
+
+
+def test_a_job_whose_runner_died_is_resumed_from_its_position(settings, make_tenant_key
+                                                              ) -> None:
+    """A runner that died after enqueuing half of a job (its position recorded, its lease
+    gone) is taken over by a worker, which enqueues only the rest."""
+    import asyncio
+
+    from app import reclassify
+    from app.cache import get_redis
+    from app.names import redis_reclassify_job
+    from tests.kafkatools import produce
+
+    owner = make_tenant_key("reclass-resume", tenant="reclass-resume")
+    since = datetime.now(UTC).isoformat(timespec="milliseconds")
+    replies = [owner.gateway.upload(p) for p in photo_variants(10, seed=int(time.time()) + 5)]
+    ids = sorted(r.json()["id"] for r in replies)
+    first = {i: owner.gateway.wait_done(i) for i in ids}
+    [old] = {r["model"]["version"] for r in first.values()}
+    [new] = [v for v in VERSIONS if v != old]
+    model = f"{NAME}:{new}"
+
+    async def died_halfway() -> str:
+        job_id, _ = await reclassify.create_job(reclassify.JobSpec(model, since), rate=100,
+                                                restart=True)
+        # what the dead runner had done: sent five events and checkpointed after them
+        await asyncio.to_thread(produce, settings.kafka_bootstrap, settings.topic_reclassify,
+                                [(i.encode(), reclassify.encode_event(i, model, job_id))
+                                 for i in ids[:5]])
+        await get_redis().hset(redis_reclassify_job(job_id),
+                               mapping={"position": ids[4], "enqueued": "5", "total": "10"})
+        return job_id
+
+    job_id = asyncio.run(died_halfway())
+    get_redis.cache_clear()  # its connections belong to the loop that just closed
+
+    async def wait_done() -> dict:
+        deadline = time.monotonic() + 90  # the takeover check runs every 15 s
+        while time.monotonic() < deadline:
+            job = await reclassify.load_job(job_id)
+            if job and job["state"] == "done":
+                return job
+            await asyncio.sleep(1)
+        raise AssertionError(f"job not resumed: {await reclassify.load_job(job_id)}")
+
+    job = asyncio.run(wait_done())
+    get_redis.cache_clear()
+    assert (job["enqueued"], job["finished"], job["total"]) == (10, 10, 10), job
+    for image_id in ids:
+        now = owner.gateway.get(f"/v1/images/{image_id}").json()
+        assert [h["version"] for h in now["history"]] == [old, new], now
