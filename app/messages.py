@@ -19,7 +19,7 @@ people writing consumers.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -98,21 +98,7 @@ class UploadEvent(Message):
     def from_bytes(cls, raw: bytes | None) -> UploadEvent:
         """Parse and validate one message; ``BadEvent`` (with a reason) if it cannot be
         processed, including a version newer than this code knows."""
-        if not raw:
-            raise BadEvent("empty message")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadEvent(f"not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise BadEvent("not a JSON object")
-        if not known_version(data):
-            raise BadEvent(f"unsupported message version {data['v']} (this worker reads up "
-                           f"to {SCHEMA_VERSION})")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise _bad_event(exc, data) from exc
+        return _parse_event(cls, raw)
 
 
 class Label(Message):
@@ -220,17 +206,7 @@ class ReclassifyEvent(Message):
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ReclassifyEvent:
         """Parse and validate; ``BadEvent`` (the message goes to the DLQ) if unusable."""
-        try:
-            data = json.loads(raw or b"")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadEvent(f"not a reclassify event: not JSON: {exc}") from exc
-        if isinstance(data, dict) and not known_version(data):
-            raise BadEvent(f"unsupported message version {data['v']} (this worker reads up "
-                           f"to {SCHEMA_VERSION})")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise _bad_event(exc, data) from exc
+        return _parse_event(cls, raw)
 
 
 class DropObject(Message):
@@ -306,3 +282,26 @@ def known_version(message: dict[str, Any]) -> bool:
     version = message.get("v", 1)
     return not isinstance(version, int) or isinstance(version, bool) \
         or version <= SCHEMA_VERSION
+
+
+_Event = TypeVar("_Event", bound="Message")
+
+
+def _parse_event(cls: type[_Event], raw: bytes | None) -> _Event:
+    """The one way an agent reads a JSON event: ``BadEvent`` with a reason (the message goes
+    to the DLQ) for empty, non-JSON, non-object, newer-version or invalid messages."""
+    if not raw:
+        raise BadEvent("empty message")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadEvent(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadEvent("not a JSON object")
+    if not known_version(data):
+        raise BadEvent(f"unsupported message version {data['v']} (this worker reads up "
+                       f"to {SCHEMA_VERSION})")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _bad_event(exc, data) from exc
