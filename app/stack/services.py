@@ -212,7 +212,7 @@ def render_nginx(layout: Layout, settings: Settings, template: Path) -> Path:
 
 def _minio_env(settings: Settings, generated: dict[str, str], brokers: list[str],
                queue_dir: Path) -> dict[str, str]:
-    """One MinIO node's environment; ``brokers`` and ``queue_dir`` (its own) are for the drop
+    """One MinIO node's environment; ``brokers`` and ``queue_dir`` are for the drop
     notifications' Kafka target (app.stack.provision.notify_env)."""
     from app.stack.provision import notify_env
 
@@ -292,8 +292,14 @@ def _cluster_infra(layout: Layout, settings: Settings, log4j: Path,
             ports=(port, port + 1),
             # The drives share the root filesystem here; a 1-byte threshold tells MinIO
             # that no drive of real size is "the root drive" it would otherwise refuse.
+            # MinIO refuses to form a cluster unless every MINIO_* variable is the same on
+            # every server (a CI run stopped at "Mismatching environment values:
+            # MINIO_NOTIFY_KAFKA_QUEUE_DIR"), so all nodes name one queue directory: on real
+            # hosts the same path on each host's disk, here one shared folder. Events are
+            # queued only while Kafka is down; a drop replayed twice names the same image
+            # (app.drops), so a second delivery is skipped.
             env={**_minio_env(settings, generated, [f"127.0.0.1:{p}" for p in ports.kafka],
-                              layout.data / f"minio-events-{node}"),
+                              layout.data / "minio-events"),
                  "MINIO_ROOTDRIVE_THRESHOLD_SIZE": "1",
                  # Inside a container (/.dockerenv) MinIO waits for loopback endpoints to
                  # "resolve to a valid IP" forever, unless told which host:port is its own.
