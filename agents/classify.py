@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from app import cache, metrics
 from app import results as res
-from app.faust_app import app, settings
+from app import trace as tr
+from app.faust_app import WORKER_ID, app, settings
 from app.logs import get_logger
 from app.pipeline import Classified, classify_batch, store_batch
 from app.runtime import get_classifier
@@ -23,25 +24,41 @@ from app.topics import dlq_topic, results_topic, uploads_topic
 log = get_logger(__name__)
 
 
-async def _to_dlq(raw: bytes | None, error: str) -> None:
+async def _to_dlq(raw: bytes | None, error: str,
+                  where: tuple[int, int] | None = None) -> None:
+    """The message as it came, with why and where from in its headers (the console's
+    dead-letter view shows them and can replay it)."""
     metrics.DLQ_MESSAGES.inc()
-    log.warning("message sent to DLQ", error=error)
-    fut = await dlq_topic.send(value=raw or b"", headers={
+    headers = {
         "error": error.encode()[:1000],
         "source-topic": settings.topic_uploads.encode(),
         "failed-at": res.now_iso().encode(),
-    })
+    }
+    if where is not None:
+        headers["source-partition"] = str(where[0]).encode()
+        headers["source-offset"] = str(where[1]).encode()
+    log.warning("message sent to DLQ", error=error, source_partition=where and where[0],
+                source_offset=where and where[1])
+    fut = await dlq_topic.send(value=raw or b"", headers=headers)
     await fut
 
 
-async def start_batch(raws: list[bytes | None]) -> Classified | None:
-    """Parse (unreadable messages go to the DLQ), then fetch, decode and classify."""
+async def start_batch(raws: list[bytes | None],
+                      positions: list[tuple[int, int]] | None = None) -> Classified | None:
+    """Parse (unreadable messages go to the DLQ), then fetch, decode and classify.
+
+    ``positions``: each message's (partition, offset) on image-uploads, for the trace."""
     events: list[res.UploadEvent] = []
-    for raw in raws:
+    kept: list[tuple[int, int]] = []
+    for index, raw in enumerate(raws):
         try:
             events.append(res.UploadEvent.from_bytes(raw))
         except res.BadEvent as exc:
-            await _to_dlq(raw, str(exc))
+            where = positions[index] if positions else None
+            await _to_dlq(raw, str(exc), where)
+            continue
+        if positions:
+            kept.append(positions[index])
     if not events:
         return None
     metrics.BATCH_SIZE.observe(len(events))
@@ -49,7 +66,7 @@ async def start_batch(raws: list[bytes | None]) -> Classified | None:
         await cache.mark_processing([e.id for e in events])
     except Exception as exc:  # noqa: BLE001 - status 'processing' is cosmetic
         log.debug("could not mark processing", error=repr(exc))
-    batch = await classify_batch(events, await get_classifier())
+    batch = await classify_batch(events, await get_classifier(), kept or None, WORKER_ID)
     metrics.INFERENCE_SECONDS.observe(time.perf_counter() - batch.started)
     return batch
 
@@ -58,8 +75,11 @@ async def finish_batch(batch: Classified) -> None:
     """Store the outputs, then send the results and wait until Kafka has them."""
     await store_batch(batch)
     results = batch.results
-    futures = [await results_topic.send(key=r["id"].encode(), value=data)
-               for r, data in zip(results, batch.encoded, strict=True)]
+    sent = tr.now_ms()
+    futures = [await results_topic.send(key=r["id"].encode(), value=data,
+                                        headers=tr.headers_for({"stored": item.stored_at,
+                                                                "sent": sent}))
+               for r, data, item in zip(results, batch.encoded, batch.prepared, strict=True)]
     await asyncio.gather(*futures)
     for r in results:
         if r["status"] == "failed":
@@ -117,7 +137,9 @@ async def classify(stream):  # noqa: ANN001 - faust.StreamT
             held = list(events)
             for event in held:
                 event.message.incref()
-            batch = await retrying(start_batch, [event.value for event in held])
+            batch = await retrying(start_batch, [event.value for event in held],
+                                   [(event.message.partition, event.message.offset)
+                                    for event in held])
             if tail is not None:
                 await tail
             tail = asyncio.create_task(_finish_and_ack(stream, held, batch))

@@ -22,6 +22,7 @@ from typing import Any
 
 from app import cache, imaging, names, netguard
 from app import results as res
+from app import trace as tr
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown
 from app.ids import new_image_id
@@ -97,12 +98,15 @@ async def find_existing(sha256: str, model_ref: ModelRef | None,
 async def accept(data: bytes, *, tenant: str, request_id: str = "",
                  callback_url: str | None = None, model_ref: ModelRef | None = None,
                  new_id: Callable[[], Awaitable[str]] | None = None,
-                 keep: RecentUploads | None = None) -> tuple[int, dict[str, Any]]:
+                 keep: RecentUploads | None = None,
+                 stamps: dict[str, float] | None = None) -> tuple[int, dict[str, Any]]:
     """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result
     of the same ``tenant``.
 
     A worker passes ``new_id`` and ``keep`` (app.locality) so that it classifies what it
-    accepted from memory; the function leaves them out.
+    accepted from memory; the function leaves them out. ``stamps``: the trace so far
+    (app.trace: ``received`` from the gateway, ``accepted``); this adds ``original_stored``
+    and ``enqueued`` and sends them with the event.
 
     Raises ``imaging.ImageError`` (413/415/422), ``ApiError`` (400) or ``DependencyDown``
     (503).
@@ -124,7 +128,7 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
     event = res.UploadEvent(
         id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
         request_id=request_id, callback_url=callback_url, width=width, height=height,
-        tenant=tenant, reuse_of=reuse_of,
+        tenant=tenant, reuse_of=reuse_of, trace=dict(stamps or {}),
     )
     store = get_store()
     await store.put(settings.bucket_input, names.original_key(image_id), data,
@@ -132,7 +136,9 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
                                          ORIGINAL_TENANT_META: tenant})
     if keep is not None:
         keep.keep(image_id, data)  # before the produce: the agent may take it at once
+    event.trace["original_stored"] = tr.now_ms()
     try:
+        event.trace["enqueued"] = tr.now_ms()
         await get_publisher().send(settings.topic_uploads, image_id.encode(), event.to_bytes())
     except DependencyDown:
         if keep is not None:
