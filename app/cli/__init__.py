@@ -15,6 +15,8 @@ _COMMANDS = [
     "app.cli.client:upload",
     "app.cli.client:get",
     "app.cli.client:watch",
+    "app.cli.trace:trace",
+    "app.cli.trace:logs",
 ]
 
 
