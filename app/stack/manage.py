@@ -80,15 +80,14 @@ def start_process(layout: Layout, name: str, wait: bool = False) -> None:
 def process_rss_mb(layout: Layout) -> dict[str, float]:
     """Resident memory of each running program (its own process; none of ours fork)."""
     out: dict[str, float] = {}
+    from app.health import rss_mb
+
     for info in rpc(layout).supervisor.getAllProcessInfo():
         if not info["pid"]:
             continue
-        try:
-            for line in Path(f"/proc/{info['pid']}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[info["name"]] = int(line.split()[1]) / 1024
-        except OSError:
-            pass
+        rss = rss_mb(info["pid"])
+        if rss is not None:
+            out[info["name"]] = rss
     return out
 
 
