@@ -178,23 +178,42 @@ async def reconcile() -> None:
         log.warning("reconciler pass failed", error=repr(exc)[:200])
 
 
+_REPORTED: set[tuple[str, str]] = set()  # (topic, partition) this worker last reported
+
+
 @app.timer(10.0)
 async def report_consumer_lag() -> None:
-    """Lag = end offset - committed offset, per assigned partition of our two topics."""
+    """Lag = end offset - committed offset, per assigned partition of our two topics.
+
+    Partitions this worker no longer owns lose their series, or two workers would report one
+    partition (one of them frozen) after a rebalance.
+    """
     consumer = app.consumer
     ours = [tp for tp in consumer.assignment()
             if tp.topic in (settings.topic_uploads, settings.topic_results)]
-    if not ours:
-        return
-    try:
-        ends = await consumer.highwaters(*ours)
-    except Exception as exc:  # noqa: BLE001 - a metric must never hurt the worker
-        log.debug("lag check failed", error=repr(exc)[:200])
-        return
+    ends = {}
+    if ours:
+        try:
+            ends = await consumer.highwaters(*ours)
+        except Exception as exc:  # noqa: BLE001 - a metric must never hurt the worker
+            log.debug("lag check failed", error=repr(exc)[:200])
+            return
     committed = consumer._committed_offset  # noqa: SLF001 - faust exposes no public getter
+    reported = set()
     for tp in ours:
         done = committed.get(tp)
         end = ends.get(tp)
         if end is not None:
-            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, end - (done + 1 if done is not None else 0)))
+            labels = (tp.topic, str(tp.partition))
+            next_offset = done + 1 if done is not None else 0
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, end - next_offset))
+            metrics.CONSUMER_COMMITTED.labels(*labels).set(next_offset)
+            reported.add(labels)
+    for labels in _REPORTED - reported:
+        for gauge in (metrics.CONSUMER_LAG, metrics.CONSUMER_COMMITTED):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+    _REPORTED.clear()
+    _REPORTED.update(reported)

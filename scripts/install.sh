@@ -2,9 +2,11 @@
 # Install everything imagerec needs into git-ignored folders, from package registries only:
 #   .venv/                Python 3.11 virtual environment (requirements.lock, all pinned)
 #   .stack/kafka/libs     Apache Kafka jars resolved from Maven Central (deploy/kafka/pom.xml)
+#   .stack/kafka/agent    the Prometheus JMX exporter agent, the same way (Kafka's metrics)
 #   .stack/bin/minio      MinIO server built with `go install` from the Go module proxy
 #   .stack/bin/helm       Helm v3, the same way (tests of deploy/helm/imagerec)
 #   redis-server, nginx   Debian packages, installed only when missing
+#   prometheus            Debian package (2.42), only its binaries: its service never runs
 #   chromium              Debian package, only with --browser (browser tests)
 #   web/static/vendor/    uPlot (the console's charts) from the npm registry, pinned by version
 #                         and checked against the registry's sha512 integrity
@@ -50,8 +52,34 @@ apt_install() {
   did+=("debian: ${missing[*]}")
 }
 
+# Debian's prometheus package starts its own daemon on :9090 from its postinst (invoke-rc.d,
+# or systemd where it runs) and enables it at boot. The stack runs Prometheus itself, under
+# its supervisor, so the package is installed with services kept from starting (a
+# policy-rc.d that denies, unless one is there already, as in most containers), and its unit
+# is disabled where systemd runs. Only /usr/bin/prometheus and promtool are used.
+install_prometheus() {
+  dpkg -s prometheus >/dev/null 2>&1 && return 0
+  local policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT  # removed however the install ends
+    printf '#!/bin/sh\n# written by imagerec install.sh while installing prometheus\nexit 101\n' \
+      | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    apt_install prometheus
+    as_root rm -f "$policy"
+    trap - EXIT
+  else
+    apt_install prometheus
+  fi
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+  return 0
+}
+
 # --- Debian packages ------------------------------------------------------------------
 command -v redis-server >/dev/null || apt_install redis-server
+install_prometheus
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light
 if [ "$WANT_BROWSER" = 1 ]; then command -v chromium >/dev/null || apt_install chromium; fi
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
@@ -85,10 +113,15 @@ fi
 mkdir -p "$HOME_DIR/kafka" "$HOME_DIR/bin"
 kafka_stamp="$(sha deploy/kafka/pom.xml)"
 if [ "$(cat "$HOME_DIR/kafka/.stamp" 2>/dev/null)" != "$kafka_stamp" ]; then
-  log "resolving Kafka jars from Maven Central"
-  rm -rf "$HOME_DIR/kafka/libs"
+  log "resolving Kafka jars and its metrics agent from Maven Central"
+  rm -rf "$HOME_DIR/kafka/libs" "$HOME_DIR/kafka/agent"
   mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
-    -DoutputDirectory="$HOME_DIR/kafka/libs" -DincludeScope=runtime
+    -DoutputDirectory="$HOME_DIR/kafka/libs" -DincludeScope=runtime \
+    -DexcludeArtifactIds=jmx_prometheus_javaagent
+  # No version in the file name: app/stack/monitoring.py names it, the pom pins it.
+  mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$HOME_DIR/kafka/agent" -DincludeArtifactIds=jmx_prometheus_javaagent \
+    -Dmdep.stripVersion=true
   echo "$kafka_stamp" > "$HOME_DIR/kafka/.stamp"
   did+=("kafka jars")
 fi

@@ -34,7 +34,7 @@ support.load_openfaas_secrets({
     "imagerec-redis-url": "IMAGEREC_REDIS_URL",
 })
 
-from app import ingest, trace  # noqa: E402
+from app import ingest, metrics, trace  # noqa: E402
 from app.broker import get_publisher  # noqa: E402
 from app.runtime import current_model_ref  # noqa: E402
 from app.settings import get_settings  # noqa: E402
@@ -64,4 +64,6 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
             request_id=rid)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the API's JSON error
         return support.error_response(exc)
+    if status == 202:  # counted like the API's uploads: one uploads rate for both ways in
+        metrics.IMAGES_RECEIVED.labels(via="function").inc()
     return support.json_response(status, body)
