@@ -55,40 +55,38 @@ class Chart:
     queries: tuple[tuple[str, str], ...]  # (series name or "{label}" template, PromQL)
 
 
-def _quantile(q: float, metric: str) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket[1m])))"
-
-
+# The recording rules of deploy/prometheus/rules/imagerec.yml where there is one (the same
+# figures the alerts use), raw series where there is not.
 CHARTS: dict[str, Chart] = {
     "throughput": Chart("Uploads and results per second", "/s", (
-        ("uploads", "sum(rate(imagerec_images_received_total[1m]))"),
-        ("done", "sum(rate(imagerec_images_classified_total[1m]))"),
-        ("failed", "sum(rate(imagerec_images_failed_total[1m]))"),
+        ("uploads", "imagerec:uploads:rate1m"),
+        ("results", "imagerec:results:rate1m"),
     )),
-    "latency": Chart("Upload to result (end to end)", "s", (
-        ("p50", _quantile(0.5, "imagerec_end_to_end_seconds")),
-        ("p95", _quantile(0.95, "imagerec_end_to_end_seconds")),
-        ("p99", _quantile(0.99, "imagerec_end_to_end_seconds")),
+    "latency": Chart("Upload to result (end to end), 5 min window", "s", (
+        ("p{quantile}", "imagerec:end_to_end_seconds:quantile_rate5m"),
     )),
     "batch": Chart("Images per batch (mean)", "images", (
-        ("batch size", "sum(rate(imagerec_batch_size_sum[1m])) / "
-                       "sum(rate(imagerec_batch_size_count[1m]))"),
+        ("batch size", "imagerec:batch_size:mean_rate5m"),
     )),
-    "inference": Chart("Batch time: fetch, decode, inference", "s", (
-        ("p50", _quantile(0.5, "imagerec_inference_seconds")),
-        ("p95", _quantile(0.95, "imagerec_inference_seconds")),
+    "inference": Chart("Batch time: fetch, decode, inference (mean)", "s", (
+        ("mean", "imagerec:inference_seconds:mean_rate5m"),
     )),
     "lag": Chart("Consumer lag per partition", "messages", (
         ("{topic}/{partition}", "max by (topic, partition) (imagerec_consumer_lag)"),
     )),
     "failures": Chart("Failures per second by reason", "/s", (
-        ("{reason}", "sum by (reason) (rate(imagerec_images_failed_total[5m]))"),
+        ("{reason}", "imagerec:results_failed:rate1m"),
         ("dead letters", "sum(rate(imagerec_dlq_messages_total[5m]))"),
     )),
 }
 
 
 def _series_name(template: str, labels: dict[str, str]) -> str:
+    if "quantile" in labels:  # "0.95" reads better as p95
+        try:
+            labels = {**labels, "quantile": f"{float(labels['quantile']) * 100:g}"}
+        except ValueError:
+            pass
     try:
         return template.format(**labels)
     except (KeyError, IndexError, ValueError):
@@ -96,8 +94,8 @@ def _series_name(template: str, labels: dict[str, str]) -> str:
 
 
 def prometheus_url(settings: Settings) -> str:
-    """The stack's Prometheus, on loopback next to the workers."""
-    return f"http://127.0.0.1:{getattr(settings, 'prometheus_port', 9090)}"
+    """The stack's Prometheus, on loopback next to the workers (app.stack.monitoring)."""
+    return f"http://127.0.0.1:{settings.prometheus_port}"
 
 
 async def _prometheus(settings: Settings, path: str, params: dict[str, str] | None = None

@@ -25,6 +25,8 @@ function draw(box, chart) {
   const known = plots.get(chart.name);
   const points = chart.series.reduce((n, s) => n + s.points.length, 0);
   box.dataset.points = String(points);
+  const max = Math.max(0, ...chart.series.flatMap((s) => s.points.map((p) => p[1])));
+  box.dataset.nonzero = String(max > 0);   // a flat zero line is data, but not a picture
   box.dataset.series = String(names.length);
   box.querySelector(".chart-empty").hidden = points > 0;
   if (known && known.names.join("|") === names.join("|")) {
