@@ -97,8 +97,12 @@ def lines_about(image_id: str, logs_dir: Path,
 
 
 def _sortable(stamp: str) -> str:
-    """ISO times from structlog (``...Z``) and Nginx (``+00:00``) sort together."""
-    return stamp.replace("+00:00", "Z").replace("T", " ")
+    """ISO times from structlog (``...23:54:31.650Z``) and Nginx (``...23:54:31+00:00``,
+    whole seconds) as one sortable form, ``2026-12-02 23:54:31.650``."""
+    text = stamp.replace("+00:00", "").rstrip("Z").replace("T", " ")
+    if len(text) == 19:  # whole seconds
+        text += ".000"
+    return text
 
 
 _SHOWN_FIRST = ("timestamp", "time", "level", "event", "component", "logger")

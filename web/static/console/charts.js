@@ -1,7 +1,14 @@
 // Live charts (uPlot, vendored from npm by scripts/install.sh): each one is a fixed query
 // that the server runs against Prometheus (/v1/admin/console/charts/NAME).
-import uPlot from "/vendor/uplot/uPlot.esm.js";
 import { BASE, el, failed, getJson, sectionState } from "./api.js";
+
+// Loaded on first use, so that without the vendored file (an image built without `make
+// install`) the rest of the console still works and this section says what is missing.
+let uPlot = null;
+async function loadUplot() {
+  if (!uPlot) uPlot = (await import("/vendor/uplot/uPlot.esm.js")).default;
+  return uPlot;
+}
 
 const COLORS = ["#2f5bd3", "#1f7a3d", "#b3261e", "#9a6400", "#7b3fb8", "#00838f", "#c2185b",
   "#5d4037"];
@@ -69,6 +76,13 @@ let chartList = null;
 
 export async function loadCharts() {
   const grid = document.getElementById("chart-grid");
+  try {
+    await loadUplot();
+  } catch {
+    sectionState("charts", "error", "the chart library is missing: run `make install` " +
+      "(it vendors uPlot into web/static/vendor/)");
+    return;
+  }
   if (!chartList) {
     const resp = await getJson(`${BASE}/charts`);
     if (!resp.ok) { failed("charts", resp); return; }
