@@ -17,7 +17,7 @@ from app import results as res
 from app import trace as tr
 from app.faust_app import WORKER_ID, app, settings
 from app.logs import get_logger
-from app.pipeline import Classified, classify_batch, store_batch
+from app.pipeline import Classified, Position, classify_batch, store_batch
 from app.runtime import get_classifier
 from app.topics import dlq_topic, results_topic, uploads_topic
 
@@ -44,17 +44,18 @@ async def _to_dlq(raw: bytes | None, error: str,
 
 
 async def start_batch(raws: list[bytes | None],
-                      positions: list[tuple[int, int]] | None = None) -> Classified | None:
+                      positions: list[Position] | None = None) -> Classified | None:
     """Parse (unreadable messages go to the DLQ), then fetch, decode and classify.
 
-    ``positions``: each message's (partition, offset) on image-uploads, for the trace."""
+    ``positions``: each message's (partition, offset, broker append time or None) on
+    image-uploads, for the trace."""
     events: list[res.UploadEvent] = []
-    kept: list[tuple[int, int]] = []
+    kept: list[Position] = []
     for index, raw in enumerate(raws):
         try:
             events.append(res.UploadEvent.from_bytes(raw))
         except res.BadEvent as exc:
-            where = positions[index] if positions else None
+            where = positions[index][:2] if positions else None
             await _to_dlq(raw, str(exc), where)
             continue
         if positions:
@@ -120,6 +121,17 @@ async def _finish_and_ack(stream: Any, events: list[Any], batch: Classified | No
         await stream.ack(event)
 
 
+LOG_APPEND_TIME = 1  # Kafka's timestamp type when the broker stamps the append time
+
+
+def _position(message: Any) -> tuple[int, int, float | None]:
+    """Where the event was read (for the trace), and when the broker appended it when the
+    topic stamps append times (app.stack.provision.topic_configs)."""
+    appended = (message.timestamp * 1000 if message.timestamp_type == LOG_APPEND_TIME
+                and message.timestamp else None)
+    return message.partition, message.offset, appended
+
+
 @app.agent(uploads_topic, concurrency=1)
 async def classify(stream):  # noqa: ANN001 - faust.StreamT
     """Two batches in flight: while one batch is stored and sent, the next is classified.
@@ -138,8 +150,7 @@ async def classify(stream):  # noqa: ANN001 - faust.StreamT
             for event in held:
                 event.message.incref()
             batch = await retrying(start_batch, [event.value for event in held],
-                                   [(event.message.partition, event.message.offset)
-                                    for event in held])
+                                   [_position(event.message) for event in held])
             if tail is not None:
                 await tail
             tail = asyncio.create_task(_finish_and_ack(stream, held, batch))

@@ -181,7 +181,8 @@ class Classified:
     started: float  # time.perf_counter() when the batch began
 
 
-Position = tuple[int, int]  # (partition, offset) of an event on image-uploads
+# (partition, offset, broker append time in epoch ms or None) of an event on image-uploads
+Position = tuple[int, int, float | None]
 
 
 async def classify_batch(events: list[res.UploadEvent], classifier: Any,
@@ -245,7 +246,9 @@ def _trace_batch(result: dict[str, Any], started_ms: float, inferred_ms: float, 
     if worker is not None:
         trace["worker"] = worker
     if position is not None:
-        trace["partition"], trace["offset"] = position
+        trace["partition"], trace["offset"], appended = position
+        if appended:  # the broker's time beats the producer's "handed to Kafka"
+            trace["stamps"]["enqueued"] = appended
 
 
 async def store_batch(batch: Classified) -> None:

@@ -11,7 +11,9 @@ previous stamp):
 - ``received``: Nginx read the request line (``$msec - $request_time``, forwarded in
   ``X-Request-Start``), so body upload, the key check and proxying count in ``accepted``.
 - ``accepted``, ``original_stored``, ``enqueued``: the upload view (app.ingest), before the
-  event is produced, so they travel in the event itself.
+  event is produced, so they travel in the event itself. ``enqueued`` is then replaced by
+  the broker's append time, which ``image-uploads`` records (LogAppendTime,
+  app.stack.provision), so producing (linger, the broker's write) shows as its own stage.
 - ``batch_started``, ``inferred``: the classify agent (with the event's partition and offset
   on ``image-uploads``), so they are in the result as stored in MinIO.
 - ``stored``, ``sent``: the classify agent once the result is in MinIO and when the batch's
@@ -38,7 +40,8 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("received", "the gateway (Nginx) started reading the request"),
     ("accepted", "a worker's upload view got the request (body, key check, proxying)"),
     ("original_stored", "the original is in the input-images bucket"),
-    ("enqueued", "the upload event was handed to Kafka (image-uploads)"),
+    ("enqueued", "the upload event is in Kafka's log (image-uploads; the broker's append "
+                 "time, or when it was handed to Kafka on an older topic)"),
     ("batch_started", "the classify agent took the event in a batch (Kafka, batch window, "
                       "previous batch)"),
     ("inferred", "fetched, decoded and classified with the rest of its batch"),
