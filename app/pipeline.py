@@ -208,7 +208,8 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any,
             ranked = preds.labels(res.STORED_LABELS)
             labels_by_id = {p.event.id: labels for p, labels in zip(ok, ranked, strict=True)}
         except Exception as exc:  # noqa: BLE001 - the model failing fails these images, loudly
-            log.exception("inference failed", batch=len(ok))
+            log.exception("inference failed", batch=len(ok),
+                          image_ids=[p.event.id for p in ok])
             for p in ok:
                 p.error = ("inference_failed", f"the model failed: {type(exc).__name__}")
         infer_ms = (time.perf_counter() - t0) * 1000
