@@ -32,8 +32,9 @@ function draw(box, chart) {
   const known = plots.get(chart.name);
   const points = chart.series.reduce((n, s) => n + s.points.length, 0);
   box.dataset.points = String(points);
-  const max = Math.max(0, ...chart.series.flatMap((s) => s.points.map((p) => p[1])));
-  box.dataset.nonzero = String(max > 0);   // a flat zero line is data, but not a picture
+  const nonzero = chart.series.flatMap((s) => s.points.filter((p) => p[1] > 0).map((p) => p[0]));
+  box.dataset.nonzero = String(nonzero.length > 0);   // a flat zero line is data, not a picture
+  box.dataset.lastNonzero = String(nonzero.length ? Math.max(...nonzero) : 0);
   box.dataset.series = String(names.length);
   box.querySelector(".chart-empty").hidden = points > 0;
   if (known && known.names.join("|") === names.join("|")) {
