@@ -34,7 +34,7 @@ from app.settings import Settings, get_settings  # noqa: E402
 from app.stack import monitoring  # noqa: E402
 from app.stack.faults import pid_of  # noqa: E402
 from app.stack.layout import Layout  # noqa: E402
-from app.stack.manage import ctl, rpc  # noqa: E402
+from app.stack.manage import rpc, start_process  # noqa: E402
 from bench.pipeline import (  # noqa: E402
     _key,
     cpu_ms_per_image,
@@ -49,6 +49,14 @@ from tests.conftest import photo_variants  # noqa: E402
 PROGRAMS = {"worker": "worker-{n}", "function": "fn-{fn}", "minio": "minio",
             "minio-cluster": "minio", "kafka": "kafka"}
 SCRAPES = 40
+
+
+def prometheus_running(layout: Layout, on: bool) -> None:
+    """Start or stop the stack's Prometheus; already so is fine."""
+    if on:
+        start_process(layout, "prometheus", wait=True)
+    elif rpc(layout).supervisor.getProcessInfo("prometheus")["statename"] == "RUNNING":
+        rpc(layout).supervisor.stopProcess("prometheus", True)
 
 
 def cpu_of(pid: int) -> float:
@@ -147,7 +155,8 @@ def main() -> None:
     parser.add_argument("--idle-window-s", type=float, default=45.0)
     parser.add_argument("--rate", type=float, default=15.0)
     parser.add_argument("--phase-s", type=float, default=45.0)
-    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--parts", default="scrape,idle,load",
+                        help="which measurements, comma-separated: scrape, idle, load")
     args = parser.parse_args()
     settings = get_settings()
     layout = Layout.from_settings(settings)
@@ -157,26 +166,30 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           "(shared with other users: figures are of this stack's processes only)")
 
-    print(f"1. CPU per scrape ({SCRAPES} back to back per target, Prometheus stopped):")
-    ctl("stop", "prometheus")
-    try:
-        per_scrape = scrape_costs(layout, settings)
-    finally:
-        ctl("start", "prometheus")
-    total_ms = sum(per_scrape.values())
-    print(f"  all targets: {total_ms:.1f} ms per round of scrapes")
+    parts = set(args.parts.split(","))
+    total_ms = 0.0
+    if "scrape" in parts:
+        print(f"1. CPU per scrape ({SCRAPES} back to back per target, Prometheus stopped):")
+        prometheus_running(layout, False)
+        try:
+            total_ms = sum(scrape_costs(layout, settings).values())
+        finally:
+            prometheus_running(layout, True)
+        print(f"  all targets: {total_ms:.1f} ms per round of scrapes")
 
-    intervals = [float(x) for x in args.intervals.split(",")]
-    print(f"2. Prometheus' own CPU at idle, {args.idle_window_s:g} s per interval:")
-    prom = prometheus_cpu(layout, settings, intervals, args.idle_window_s)
-    print()
-    print(f"{'interval':>9} {'Prometheus %':>13} {'exporters %':>12} {'total % of a core':>18}")
-    for interval in intervals:
-        exporters = total_ms / interval / 10  # ms per interval -> % of one core
-        print(f"{interval:8g}s {prom[interval]:13.2f} {exporters:12.2f} "
-              f"{prom[interval] + exporters:18.2f}")
+    if "idle" in parts:
+        intervals = [float(x) for x in args.intervals.split(",")]
+        print(f"2. Prometheus' own CPU at idle, {args.idle_window_s:g} s per interval:")
+        prom = prometheus_cpu(layout, settings, intervals, args.idle_window_s)
+        print()
+        print(f"{'interval':>9} {'Prometheus %':>13} {'exporters %':>12} "
+              f"{'total % of a core':>18}")
+        for interval in intervals:
+            exporters = total_ms / interval / 10  # ms per interval -> % of one core
+            print(f"{interval:8g}s {prom[interval]:13.2f} {exporters:12.2f} "
+                  f"{prom[interval] + exporters:18.2f}")
 
-    if args.skip_load:
+    if "load" not in parts:
         return
     base, key = settings.gateway_url, _key()
     print(f"3. under load: {args.rate:g} images/s, {args.phase_s:g} s per phase, "
@@ -184,13 +197,13 @@ def main() -> None:
     seed = int(time.time())
     results: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     for n, state in enumerate(("on", "off", "on", "off")):
-        ctl("start" if state == "on" else "stop", "prometheus")
+        prometheus_running(layout, state == "on")
         time.sleep(3)
         used = load_phase(layout, base, key, args.rate, args.phase_s, seed + 100 * n)
         results[state].append(used)
         print(f"  phase {n + 1} ({state}): {sum(used.values()):.2f} CPU ms per image, "
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    ctl("start", "prometheus")
+    prometheus_running(layout, True)
     for state, phases in results.items():
         names = {k for p in phases for k in p}
         mean = {k: sum(p.get(k, 0.0) for p in phases) / len(phases) for k in names}
