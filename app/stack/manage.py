@@ -272,8 +272,10 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
     _wait_ready(layout, settings, wait_timeout_s)
     _wait_prometheus(layout, settings)
     _ensure_dev_key(say)
+    prometheus = (f", Prometheus: http://127.0.0.1:{settings.prometheus_port}"
+                  if settings.prometheus_enabled else "")
     say(f"imagerec is up in {time.monotonic() - started:.1f}s: {settings.gateway_url}  "
-        f"(logs: {layout.logs}, stop: make down)")
+        f"(logs: {layout.logs}{prometheus}, stop: make down)")
     return True
 
 

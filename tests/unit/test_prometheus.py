@@ -171,3 +171,29 @@ def test_rule_tests_exist_for_the_issue_alerts() -> None:
     for alert in ("ImagerecConsumerLagGrowing", "ImagerecDLQGrowing",
                   "ImagerecLatencySLOBurnFast"):
         assert f"alertname: {alert}" in text
+
+
+def test_compose_prometheus_matches_the_stack(tmp_path) -> None:
+    """docker-compose.yml's Prometheus scrapes the same jobs, at the same paths, as the local
+    stack's (Kafka aside: the apache/kafka image has no agent), and promtool accepts it."""
+    compose_conf = REPO / "deploy" / "prometheus" / "compose.yml"
+    ours = yaml.safe_load(compose_conf.read_text())
+    layout, _ = _programs(tmp_path, _settings(tmp_path))
+    stack = _rendered(layout)
+
+    def jobs(config: dict) -> dict[str, str]:
+        return {job["job_name"]: job.get("metrics_path", "/metrics")
+                for job in config["scrape_configs"]}
+
+    expected = jobs(stack)
+    del expected["kafka"]
+    assert jobs(ours) == expected
+    assert ours["global"]["scrape_interval"] == stack["global"]["scrape_interval"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/compose.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+    assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in volumes
+    assert compose["services"]["minio"]["environment"]["MINIO_PROMETHEUS_AUTH_TYPE"] == "public"
+    done = subprocess.run([_promtool(), "check", "config", str(compose_conf)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
