@@ -94,8 +94,9 @@ def _series_name(template: str, labels: dict[str, str]) -> str:
 
 
 def prometheus_url(settings: Settings) -> str:
-    """The stack's Prometheus, on loopback next to the workers (app.stack.monitoring)."""
-    return f"http://127.0.0.1:{settings.prometheus_port}"
+    """``IMAGEREC_PROMETHEUS_URL``, else the local stack's Prometheus on loopback next to the
+    workers (app.stack.monitoring)."""
+    return (settings.prometheus_url or f"http://127.0.0.1:{settings.prometheus_port}").rstrip("/")
 
 
 async def _prometheus(settings: Settings, path: str, params: dict[str, str] | None = None

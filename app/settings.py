@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # function, MinIO node and Kafka broker; off runs neither it nor Kafka's metrics agent.
     prometheus_enabled: bool = True
     prometheus_port: int = 9090
+    # Where the console (web.console) reads Prometheus' API; empty: the local stack's, on
+    # 127.0.0.1:prometheus_port (another host under docker-compose or Kubernetes).
+    prometheus_url: str = ""
     # How often every target is scraped and the rules evaluated. 15 s: see docs/PERFORMANCE.md
     # for what Prometheus and the exporters cost at 5, 15 and 30 s under load.
     prometheus_scrape_interval_s: float = 15.0
