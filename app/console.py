@@ -23,6 +23,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app import names
 from app import results as res
 from app.settings import Settings
 
@@ -280,15 +281,20 @@ async def _tail(settings: Settings, topic: str, limit: int) -> list[dict[str, An
     return [_record(r) for r in records[:limit]]
 
 
-async def dead_letters(settings: Settings, limit: int) -> list[dict[str, Any]]:
-    """The last dead letters, newest first, each with its ``error`` header and, where it
-    can be read, the image id it names."""
+async def dead_letters(settings: Settings, limit: int, redis: Any) -> list[dict[str, Any]]:
+    """The last dead letters, newest first, each with its ``error`` header, the image id it
+    names where it can be read, and ``replayed`` (who, when, as which image) once it was."""
     found = await last_messages(settings, settings.topic_dlq, limit)
     for item in found:
         try:
             item["image_id"] = json.loads(item["value"]).get("id")
         except (ValueError, AttributeError):
             item["image_id"] = None
+    if found:
+        marks = await redis.hmget(names.REDIS_DLQ_REPLAYED,
+                                  [f"{m['partition']}/{m['offset']}" for m in found])
+        for item, mark in zip(found, marks, strict=True):
+            item["replayed"] = json.loads(mark) if mark else None
     return found
 
 
@@ -311,12 +317,26 @@ async def _read_one(settings: Settings, topic: str, partition: int, offset: int)
 
 
 async def replay(settings: Settings, partition: int, offset: int, value: str | None,
-                 who: str, publish: Any) -> dict[str, Any]:
+                 who: str, publish: Any, redis: Any, *, again: bool = False) -> dict[str, Any]:
     """Re-produce one dead letter to ``image-uploads``, as it was or as edited (``value``).
 
     Refused (400) if the message would fail again: it must parse as an upload event, so a
-    replay cannot loop a broken message back to the dead-letter queue. ``publish`` is
+    replay cannot loop a broken message back to the dead-letter queue. Refused (409) if it
+    was replayed before, unless ``again``: the claim in Redis is taken before producing, so
+    two operators (or a bulk replay and a click) cannot send it twice. ``publish`` is
     ``app.broker``'s acks=all ``send``. Returns where it went and the image id."""
+    field = f"{partition}/{offset}"
+
+    async def refuse_if_replayed() -> None:
+        earlier = await redis.hget(names.REDIS_DLQ_REPLAYED, field)
+        if earlier and not again:
+            mark = json.loads(earlier)
+            raise ConsoleError(f"already replayed by {mark.get('by', '?')} at "
+                               f"{mark.get('at', '?')} (as {mark.get('image_id', '?')}); "
+                               "send again=true to replay it once more",
+                               409, "already_replayed")
+
+    await refuse_if_replayed()
     record = await _kafka(_read_one(settings, settings.topic_dlq, partition, offset))
     raw = value.encode() if value is not None else (record.value or b"")
     try:
@@ -324,11 +344,46 @@ async def replay(settings: Settings, partition: int, offset: int, value: str | N
     except res.BadEvent as exc:
         raise ConsoleError(f"this message would fail again ({exc}); edit it first",
                            400, "invalid_event") from exc
+    mark = json.dumps({"by": who, "at": res.now_iso(), "image_id": event.id,
+                       "edited": value is not None})
+    if again:
+        await redis.hset(names.REDIS_DLQ_REPLAYED, field, mark)
+    elif not await redis.hsetnx(names.REDIS_DLQ_REPLAYED, field, mark):
+        await refuse_if_replayed()  # someone else claimed it meanwhile
     headers = [("replayed-from", f"{settings.topic_dlq}/{partition}/{offset}".encode()),
                ("replayed-by", who.encode()[:200])]
-    await publish(settings.topic_uploads, event.id.encode(), raw, headers)
+    try:
+        await publish(settings.topic_uploads, event.id.encode(), raw, headers)
+    except Exception:
+        await redis.hdel(names.REDIS_DLQ_REPLAYED, field)  # not sent: free to try again
+        raise
     return {"image_id": event.id, "topic": settings.topic_uploads,
             "edited": value is not None, "from": {"partition": partition, "offset": offset}}
+
+
+async def replay_all(settings: Settings, who: str, publish: Any, redis: Any,
+                     log: Any) -> dict[str, Any]:
+    """Every listed dead letter (the last ``MAX_MESSAGES``) that was not replayed yet and
+    would not fail again, replayed as it is, oldest first; the others with the reason."""
+    letters = await dead_letters(settings, MAX_MESSAGES, redis)
+    done: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for item in reversed(letters):
+        where = {"partition": item["partition"], "offset": item["offset"]}
+        if item.get("replayed"):
+            skipped.append({**where, "reason": "already replayed"})
+            continue
+        try:
+            sent = await replay(settings, item["partition"], item["offset"], None, who,
+                                publish, redis)
+        except ConsoleError as exc:
+            skipped.append({**where, "reason": str(exc)})
+            continue
+        log.warning("dead letter replayed", by=who, dlq_partition=item["partition"],
+                    dlq_offset=item["offset"], image_id=sent["image_id"], edited=False,
+                    bulk=True)
+        done.append(sent)
+    return {"replayed": done, "skipped": skipped}
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from faust.web import View
 
 from app import console, params
 from app.broker import get_publisher
+from app.cache import get_redis
 from app.errors import ApiError
 from app.faust_app import app, settings
 from app.logs import get_logger
@@ -96,11 +97,11 @@ class DeadLetters(View):
         async def work() -> dict[str, Any]:
             limit = params.int_param(request.query, "limit", 50, 1, console.MAX_MESSAGES)
             return {"topic": settings.topic_dlq,
-                    "messages": await console.dead_letters(settings, limit)}
+                    "messages": await console.dead_letters(settings, limit, get_redis())}
         return await _answer(request, work)
 
 
-def _replay_body(raw: bytes) -> tuple[int, int, str | None]:
+def _replay_body(raw: bytes) -> tuple[int, int, str | None, bool]:
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
@@ -114,7 +115,10 @@ def _replay_body(raw: bytes) -> tuple[int, int, str | None]:
     if value is not None and not isinstance(value, str):
         raise ApiError("value, when given, is the edited message as a string",
                        code="bad_parameter")
-    return partition, offset, value  # type: ignore[return-value]
+    again = body.get("again", False)
+    if not isinstance(again, bool):
+        raise ApiError("again must be true or false", code="bad_parameter")
+    return partition, offset, value, again  # type: ignore[return-value]
 
 
 @app.page(PREFIX + "/dlq/replay")
@@ -127,13 +131,24 @@ class Replay(View):
         who = request.headers.get("X-Api-Key-Name", "")[:64] or "?"
 
         async def work() -> dict[str, Any]:
-            partition, offset, value = _replay_body(raw)
+            partition, offset, value, again = _replay_body(raw)
             done = await console.replay(settings, partition, offset, value, who,
-                                        get_publisher().send)
+                                        get_publisher().send, get_redis(), again=again)
             log.warning("dead letter replayed", by=who, dlq_partition=partition,
                         dlq_offset=offset, image_id=done["image_id"], edited=done["edited"])
             return done
         return await _answer(request, work)
+
+
+@app.page(PREFIX + "/dlq/replay-all")
+class ReplayAll(View):
+    """Every dead letter not replayed yet that would not fail again, as it is (each one
+    logged like a single replay)."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        who = request.headers.get("X-Api-Key-Name", "")[:64] or "?"
+        return await _answer(request, lambda: console.replay_all(
+            settings, who, get_publisher().send, get_redis(), log))
 
 
 @app.page(PREFIX + "/storage")

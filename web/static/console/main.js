@@ -3,7 +3,7 @@
 import { getKey, setKey } from "./api.js";
 import { loadAlerts } from "./alerts.js";
 import { loadCharts, wireCharts } from "./charts.js";
-import { loadDlq } from "./dlq.js";
+import { loadDlq, wireDlq } from "./dlq.js";
 import { loadStorage } from "./storage.js";
 import { loadStream, wireStream } from "./stream.js";
 import { loadWorkers } from "./workers.js";
@@ -62,6 +62,7 @@ function wire() {
   });
   wireCharts();
   wireStream();
+  wireDlq();
 }
 
 wire();

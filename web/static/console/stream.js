@@ -51,4 +51,7 @@ async function loadMessages() {
 
 export function wireStream() {
   document.getElementById("topic-load").addEventListener("click", loadMessages);
+  document.getElementById("show-internal").addEventListener("change", (ev) => {
+    document.getElementById("stream").classList.toggle("show-internal", ev.target.checked);
+  });
 }
