@@ -14,33 +14,49 @@ from typing import Any, TypeVar
 
 from app import cache, metrics
 from app import results as res
-from app.faust_app import app, settings
+from app import trace as tr
+from app.faust_app import WORKER_ID, app, settings
 from app.logs import get_logger
 from app.messages import DeadLetterHeaders
-from app.pipeline import Classified, classify_batch, store_batch
+from app.pipeline import Classified, Position, classify_batch, store_batch
 from app.runtime import get_classifier
 from app.topics import dlq_topic, results_topic, uploads_topic
 
 log = get_logger(__name__)
 
 
-async def _to_dlq(raw: bytes | None, error: str) -> None:
+async def _to_dlq(raw: bytes | None, error: str,
+                  where: tuple[int, int] | None = None) -> None:
+    """The message as it came, with why and where from in its headers (the console's
+    dead-letter view shows them and can replay it)."""
     metrics.DLQ_MESSAGES.inc()
-    log.warning("message sent to DLQ", error=error)
+    partition, offset = where if where is not None else (None, None)
+    log.warning("message sent to DLQ", error=error, source_partition=partition,
+                source_offset=offset)
     headers = DeadLetterHeaders(error=error, source_topic=settings.topic_uploads,
-                                failed_at=res.now_iso())
+                                failed_at=res.now_iso(), source_partition=partition,
+                                source_offset=offset)
     fut = await dlq_topic.send(value=raw or b"", headers=headers.to_headers())
     await fut
 
 
-async def start_batch(raws: list[bytes | None]) -> Classified | None:
-    """Parse (unreadable messages go to the DLQ), then fetch, decode and classify."""
+async def start_batch(raws: list[bytes | None],
+                      positions: list[Position] | None = None) -> Classified | None:
+    """Parse (unreadable messages go to the DLQ), then fetch, decode and classify.
+
+    ``positions``: each message's (partition, offset, broker append time or None) on
+    image-uploads, for the trace."""
     events: list[res.UploadEvent] = []
-    for raw in raws:
+    kept: list[Position] = []
+    for index, raw in enumerate(raws):
         try:
             events.append(res.UploadEvent.from_bytes(raw))
         except res.BadEvent as exc:
-            await _to_dlq(raw, str(exc))
+            where = positions[index][:2] if positions else None
+            await _to_dlq(raw, str(exc), where)
+            continue
+        if positions:
+            kept.append(positions[index])
     if not events:
         return None
     metrics.BATCH_SIZE.observe(len(events))
@@ -48,7 +64,7 @@ async def start_batch(raws: list[bytes | None]) -> Classified | None:
         await cache.mark_processing([e.id for e in events])
     except Exception as exc:  # noqa: BLE001 - status 'processing' is cosmetic
         log.debug("could not mark processing", error=repr(exc))
-    batch = await classify_batch(events, await get_classifier())
+    batch = await classify_batch(events, await get_classifier(), kept or None, WORKER_ID)
     metrics.INFERENCE_SECONDS.observe(time.perf_counter() - batch.started)
     return batch
 
@@ -57,8 +73,11 @@ async def finish_batch(batch: Classified) -> None:
     """Store the outputs, then send the results and wait until Kafka has them."""
     await store_batch(batch)
     results = batch.results
-    futures = [await results_topic.send(key=r["id"].encode(), value=data)
-               for r, data in zip(results, batch.encoded, strict=True)]
+    sent = tr.now_ms()
+    futures = [await results_topic.send(key=r["id"].encode(), value=data,
+                                        headers=tr.headers_for({"stored": item.stored_at,
+                                                                "sent": sent}))
+               for r, data, item in zip(results, batch.encoded, batch.prepared, strict=True)]
     await asyncio.gather(*futures)
     for r in results:
         if r["status"] == "failed":
@@ -99,6 +118,17 @@ async def _finish_and_ack(stream: Any, events: list[Any], batch: Classified | No
         await stream.ack(event)
 
 
+LOG_APPEND_TIME = 1  # Kafka's timestamp type when the broker stamps the append time
+
+
+def _position(message: Any) -> tuple[int, int, float | None]:
+    """Where the event was read (for the trace), and when the broker appended it when the
+    topic stamps append times (app.stack.provision.topic_configs)."""
+    appended = (message.timestamp * 1000 if message.timestamp_type == LOG_APPEND_TIME
+                and message.timestamp else None)
+    return message.partition, message.offset, appended
+
+
 @app.agent(uploads_topic, concurrency=1)
 async def classify(stream):  # noqa: ANN001 - faust.StreamT
     """Two batches in flight: while one batch is stored and sent, the next is classified.
@@ -116,7 +146,8 @@ async def classify(stream):  # noqa: ANN001 - faust.StreamT
             held = list(events)
             for event in held:
                 event.message.incref()
-            batch = await retrying(start_batch, [event.value for event in held])
+            batch = await retrying(start_batch, [event.value for event in held],
+                                   [_position(event.message) for event in held])
             if tail is not None:
                 await tail
             tail = asyncio.create_task(_finish_and_ack(stream, held, batch))
@@ -155,23 +186,42 @@ async def reconcile() -> None:
         log.warning("reconciler pass failed", error=repr(exc)[:200])
 
 
+_REPORTED: set[tuple[str, str]] = set()  # (topic, partition) this worker last reported
+
+
 @app.timer(10.0)
 async def report_consumer_lag() -> None:
-    """Lag = end offset - committed offset, per assigned partition of our two topics."""
+    """Lag = end offset - committed offset, per assigned partition of our two topics.
+
+    Partitions this worker no longer owns lose their series, or two workers would report one
+    partition (one of them frozen) after a rebalance.
+    """
     consumer = app.consumer
     ours = [tp for tp in consumer.assignment()
             if tp.topic in (settings.topic_uploads, settings.topic_results)]
-    if not ours:
-        return
-    try:
-        ends = await consumer.highwaters(*ours)
-    except Exception as exc:  # noqa: BLE001 - a metric must never hurt the worker
-        log.debug("lag check failed", error=repr(exc)[:200])
-        return
+    ends = {}
+    if ours:
+        try:
+            ends = await consumer.highwaters(*ours)
+        except Exception as exc:  # noqa: BLE001 - a metric must never hurt the worker
+            log.debug("lag check failed", error=repr(exc)[:200])
+            return
     committed = consumer._committed_offset  # noqa: SLF001 - faust exposes no public getter
+    reported = set()
     for tp in ours:
         done = committed.get(tp)
         end = ends.get(tp)
         if end is not None:
-            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, end - (done + 1 if done is not None else 0)))
+            labels = (tp.topic, str(tp.partition))
+            next_offset = done + 1 if done is not None else 0
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, end - next_offset))
+            metrics.CONSUMER_COMMITTED.labels(*labels).set(next_offset)
+            reported.add(labels)
+    for labels in _REPORTED - reported:
+        for gauge in (metrics.CONSUMER_LAG, metrics.CONSUMER_COMMITTED):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+    _REPORTED.clear()
+    _REPORTED.update(reported)

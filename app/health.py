@@ -73,6 +73,19 @@ async def check_redis(settings: Settings) -> dict[str, Any]:
         await client.aclose()
 
 
+def rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MB (Linux ``/proc``); None if it is gone."""
+    from pathlib import Path
+
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 async def readiness(settings: Settings) -> dict[str, Any]:
     """All checks concurrently; ``ready`` only when every dependency is up."""
     kafka, s3, redis_ = await asyncio.gather(

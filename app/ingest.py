@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from app import cache, imaging, names, netguard
 from app import results as res
+from app import trace as tr
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown
 from app.ids import new_image_id
@@ -101,12 +102,15 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
                  callback_url: str | None = None, model_ref: ModelRef | None = None,
                  new_id: Callable[[], Awaitable[str]] | None = None,
                  keep: RecentUploads | None = None, image_id: str | None = None,
-                 source_key: str | None = None) -> tuple[int, dict[str, Any]]:
+                 source_key: str | None = None,
+                 stamps: dict[str, float] | None = None) -> tuple[int, dict[str, Any]]:
     """Returns ``(http_status, body)``: 202 queued, or 200 with an earlier identical result
     of the same ``tenant``.
 
     A worker passes ``new_id`` and ``keep`` (app.locality) so that it classifies what it
-    accepted from memory; the function leaves them out.
+    accepted from memory; the function leaves them out. ``stamps``: the trace so far
+    (app.trace: ``received`` from the gateway, ``accepted``); this adds ``original_stored``
+    and ``enqueued`` and sends them with the event.
 
     A drop (app.drops) passes its own ``image_id`` (derived from the storage event, so a
     redelivered notification names the same image) and its ``source_key``. Nobody waits for
@@ -134,7 +138,7 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
     event = res.UploadEvent(
         id=image_id, sha256=sha256, format=fmt, size=len(data), created_at=res.now_iso(),
         request_id=request_id, callback_url=callback_url, width=width, height=height,
-        tenant=tenant, reuse_of=reuse_of, source_key=source_key,
+        tenant=tenant, reuse_of=reuse_of, source_key=source_key, trace=dict(stamps or {}),
     )
     store = get_store()
     meta = {"sha256": sha256, "created-at": event.created_at, ORIGINAL_TENANT_META: tenant}
@@ -144,7 +148,9 @@ async def accept(data: bytes, *, tenant: str, request_id: str = "",
                     CONTENT_TYPES[fmt], meta)
     if keep is not None:
         keep.keep(image_id, data)  # before the produce: the agent may take it at once
+    event.trace["original_stored"] = tr.now_ms()
     try:
+        event.trace["enqueued"] = tr.now_ms()
         await get_publisher().send(settings.topic_uploads, image_id.encode(), event.to_bytes())
     except DependencyDown:
         if keep is not None:

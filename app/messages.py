@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.trace import clean_stamps
 
 SCHEMA_VERSION = 1  # the highest message version this code reads and the one it writes
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
@@ -89,7 +91,16 @@ class UploadEvent(Message):
     source_key: str | None = Field(None, description="for an image written straight to "
                                    "storage: the object key under the drop prefix it came "
                                    "from; absent for uploads through the API")
+    trace: dict[str, float] = Field(default_factory=dict, description="stage stamps taken "
+                                    "before the event was produced (app.trace: received, "
+                                    "accepted, original_stored, enqueued), epoch ms")
     v: Version = SCHEMA_VERSION
+
+    @field_validator("trace", mode="before")
+    @classmethod
+    def _sane_stamps(cls, raw: Any) -> dict[str, float]:
+        """A trace is information, never a reason to refuse an image: keep what is sane."""
+        return clean_stamps(raw)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -265,10 +276,15 @@ class DeadLetterHeaders(Message):
     source_topic: str = Field(alias="source-topic", description="where it was read "
                               "(image-uploads, image-reclassify or image-drops)")
     failed_at: Timestamp = Field(alias="failed-at")
+    source_partition: int | None = Field(default=None, alias="source-partition",
+                                         description="partition it was read from, where known")
+    source_offset: int | None = Field(default=None, alias="source-offset",
+                                      description="its offset there (the console shows both)")
 
     def to_headers(self) -> dict[str, bytes]:
         """Kafka headers (values capped: a header is not a place for a whole stack trace)."""
-        return {k: v.encode()[:1000] for k, v in self.model_dump(by_alias=True).items()}
+        return {k: str(v).encode()[:1000]
+                for k, v in self.model_dump(by_alias=True, exclude_none=True).items()}
 
 
 # Every topic's message, for the AsyncAPI document and for tests; a new topic adds a line.

@@ -134,3 +134,6 @@ def redis_rate(key_name: str, second: int) -> str:
 REDIS_RECENT = f"{PREFIX}:recent"
 REDIS_CHANNEL = f"{PREFIX}:results"
 REDIS_RECONCILED_UNTIL = f"{PREFIX}:reconciled-until"
+# Dead letters already replayed from the console: field "partition/offset", value who, when,
+# which image (no TTL, so the cache's eviction never forgets one).
+REDIS_DLQ_REPLAYED = f"{PREFIX}:dlq-replayed"

@@ -33,3 +33,19 @@ def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: in
 def float_param(query: Mapping[str, str], name: str, default: float, lo: float,
                 hi: float) -> float:
     return _number(query, name, default, lo, hi, float, "a number")
+
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
+
+
+def bool_param(query: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """``1``/``true``/``yes`` or ``0``/``false``/``no``; anything else is the same 400 as a
+    bad number."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ApiError(f"{name} must be true or false", code="bad_parameter")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from app import imaging, names
 from app import results as res
+from app import trace as tr
 from app.locality import recent_uploads
 from app.logs import get_logger
 from app.settings import get_settings
@@ -48,6 +49,7 @@ class Prepared:
     array: np.ndarray | None = None
     model_input_jpeg: bytes | None = None
     error: tuple[str, str] | None = None
+    stored_at: float = 0.0  # app.trace "stored": its model input and result are in MinIO
     # Set when the labels were copied from an earlier identical image (``reuse_of``).
     borrowed: tuple[dict[str, str], list[dict[str, Any]]] | None = None
 
@@ -166,6 +168,7 @@ async def _store_one(item: Prepared, encoded: bytes) -> None:
     await _with_s3_retry(lambda: store.put(settings.bucket_results,
                                            names.result_key(item.event.id), encoded,
                                            "application/json"))
+    item.stored_at = tr.now_ms()
 
 
 @dataclass
@@ -178,10 +181,20 @@ class Classified:
     started: float  # time.perf_counter() when the batch began
 
 
-async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Classified:
+# (partition, offset, broker append time in epoch ms or None) of an event on image-uploads
+Position = tuple[int, int, float | None]
+
+
+async def classify_batch(events: list[res.UploadEvent], classifier: Any,
+                         positions: list[Position] | None = None,
+                         worker: int | None = None) -> Classified:
     """Fetch, decode and classify; nothing is stored yet (``store_batch`` does that), so the
-    agent can store one batch while it classifies the next."""
+    agent can store one batch while it classifies the next.
+
+    Each result's trace (app.trace) gets ``batch_started`` and ``inferred``, and where the
+    event was read from (``positions``, by the agent) and by which ``worker``."""
     batch_start = time.perf_counter()
+    started_ms = tr.now_ms()
     loaded = classifier.current  # one model for the whole batch, even if the default switches
     prepared = await prepare(events, loaded.spec)
     ok = [p for p in prepared if p.error is None and p.borrowed is None]
@@ -195,14 +208,16 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
             ranked = preds.labels(res.STORED_LABELS)
             labels_by_id = {p.event.id: labels for p, labels in zip(ok, ranked, strict=True)}
         except Exception as exc:  # noqa: BLE001 - the model failing fails these images, loudly
-            log.exception("inference failed", batch=len(ok))
+            log.exception("inference failed", batch=len(ok),
+                          image_ids=[p.event.id for p in ok])
             for p in ok:
                 p.error = ("inference_failed", f"the model failed: {type(exc).__name__}")
         infer_ms = (time.perf_counter() - t0) * 1000
     per_image_infer = infer_ms / max(1, len(ok))
+    inferred_ms = tr.now_ms()
 
     out: list[dict[str, Any]] = []
-    for item in prepared:
+    for index, item in enumerate(prepared):
         timings = res.Timings(
             queue_ms=_age_ms(item.event.created_at) - (time.perf_counter() - batch_start) * 1000,
             fetch_ms=item.fetch_ms, decode_ms=item.decode_ms,
@@ -217,9 +232,24 @@ async def classify_batch(events: list[res.UploadEvent], classifier: Any) -> Clas
             result = res.done(item.event, model, labels_by_id[item.event.id], timings)
         else:
             result = res.failed(item.event, item.error[0], item.error[1], timings, model)
+        _trace_batch(result, started_ms, inferred_ms, len(events), worker,
+                     positions[index] if positions and index < len(positions) else None)
         out.append(result)
     return Classified(prepared=prepared, results=out, encoded=[res.encode(r) for r in out],
                       started=batch_start)
+
+
+def _trace_batch(result: dict[str, Any], started_ms: float, inferred_ms: float, size: int,
+                 worker: int | None, position: Position | None) -> None:
+    trace = result.setdefault("trace", {})
+    trace.setdefault("stamps", {}).update(batch_started=started_ms, inferred=inferred_ms)
+    trace["batch_size"] = size
+    if worker is not None:
+        trace["worker"] = worker
+    if position is not None:
+        trace["partition"], trace["offset"], appended = position
+        if appended:  # the broker's time beats the producer's "handed to Kafka"
+            trace["stamps"]["enqueued"] = appended
 
 
 async def store_batch(batch: Classified) -> None:

@@ -15,11 +15,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from app import trace as tr
+
 # Re-exported: the agents and the ingest code know them as res.UploadEvent, res.BadEvent.
 from app.messages import SCHEMA_VERSION, BadEvent, UploadEvent  # noqa: F401
 
 STORED_LABELS = 25  # how many labels a result keeps; `top_k` can ask for up to this many
 PRIVATE_FIELDS = ("callback_url",)  # stored with the result, never shown to clients
+# Stored with the result, shown only when asked for (``?trace=1``): it is for operators.
+TRACE_FIELD = "trace"
 
 
 def now_iso() -> str:
@@ -65,6 +69,7 @@ def _base(event: UploadEvent, status: str) -> dict[str, Any]:
         "request_id": event.request_id,
         "callback_url": event.callback_url,
         "tenant": event.tenant,
+        "trace": {"stamps": dict(event.trace)},
         "v": SCHEMA_VERSION,
     } | ({"source_key": event.source_key} if event.source_key is not None else {})
 
@@ -102,9 +107,12 @@ def is_final(result: dict[str, Any] | None) -> bool:
 
 
 def view(result: dict[str, Any], *, top_k: int = 5, min_score: float = 0.0,
-         source: str | None = None) -> dict[str, Any]:
-    """What a client sees: labels cut to ``top_k`` and ``min_score``, plus links and source."""
-    out = {k: v for k, v in result.items() if k not in PRIVATE_FIELDS}
+         source: str | None = None, trace: bool = False) -> dict[str, Any]:
+    """What a client sees: labels cut to ``top_k`` and ``min_score``, plus links and source;
+    with ``trace``, the stages the image went through (app.trace.waterfall)."""
+    out = {k: v for k, v in result.items() if k not in PRIVATE_FIELDS and k != TRACE_FIELD}
+    if trace:
+        out[TRACE_FIELD] = tr.waterfall(result)
     out["labels"] = [lab for lab in result.get("labels", []) if lab["score"] >= min_score][:top_k]
     out["links"] = {"self": f"/v1/images/{result['id']}"} if result.get("id") else {}
     # Only a classified image surely has a stored model input (a failed one may have

@@ -167,6 +167,24 @@ class Settings(BaseSettings):
     callback_allow_nets: str = ""
     auth_disabled: bool = False
 
+    # --- monitoring (docs/OPERATIONS.md, "Monitoring") ------------------------------------
+    # The local stack runs Prometheus (Debian's package) on loopback, scraping every worker,
+    # function, MinIO node and Kafka broker; off runs neither it nor Kafka's metrics agent.
+    prometheus_enabled: bool = True
+    prometheus_port: int = 9090
+    # Where the console (web.console) reads Prometheus' API; empty: the local stack's, on
+    # 127.0.0.1:prometheus_port (another host under docker-compose or Kubernetes).
+    prometheus_url: str = ""
+    # How often every target is scraped and the rules evaluated. 15 s: see docs/PERFORMANCE.md
+    # for what Prometheus and the exporters cost at 5, 15 and 30 s under load.
+    prometheus_scrape_interval_s: float = 15.0
+    # Local history: the time kept (Prometheus' duration syntax) and a size cap on the disk.
+    prometheus_retention: str = "3d"
+    prometheus_retention_size: str = "1GB"
+    # The Kafka JMX exporter agent (Maven Central) inside each broker: node n (1-based)
+    # serves its metrics on kafka_metrics_port + n - 1, on loopback.
+    kafka_metrics_port: int = 9404
+
     # --- logging --------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True

@@ -20,6 +20,7 @@ def main() -> None:
     import web.admin  # noqa: F401  (operator endpoints: re-classification)
     import web.api  # noqa: F401
     import web.auth  # noqa: F401  (the gateway's key check; JSON 404/405)
+    import web.console  # noqa: F401  (the operator console API)
     import web.openapi  # noqa: F401
     import web.views  # noqa: F401
     from app.faust_app import WORKER_ID, app

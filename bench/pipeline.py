@@ -182,7 +182,8 @@ def _program(pid: str, argv: list[str]) -> str:
     text = " ".join(argv)
     for needle, name in (("app.worker", "workers"), ("functions.serve", "functions"),
                          ("kafka.Kafka", "kafka"), ("minio", "minio"),
-                         ("redis-server", "redis"), ("nginx", "nginx")):
+                         ("redis-server", "redis"), ("nginx", "nginx"),
+                         ("prometheus", "prometheus")):
         if needle in text:
             return name
     return "other"

@@ -12,7 +12,9 @@ server plays both of its parts for one function:
   (``body`` bytes, ``headers``, ``method``, ``query``, ``path``) and a context
   (``hostname``), call ``handle(event, context)`` on a worker thread (it is synchronous) and
   turn the returned ``{"statusCode", "body", "headers"}`` into the HTTP response;
-- the watchdog's part: ``/_/health``, a per-call time limit (``exec_timeout``, default 70s,
+- the watchdog's part: ``/_/health``, ``/metrics`` (Prometheus: invocations by status code and
+  their duration, like the OpenFaaS gateway's ``gateway_function_invocation_total``, plus the
+  process' CPU and memory), a per-call time limit (``exec_timeout``, default 70s,
   above the handlers' own 60s) and an optional in-flight limit (``max_inflight``, 429 above
   it), with the same environment variable names, plus ``X-Duration-Seconds`` on every answer.
 
@@ -144,9 +146,20 @@ class FunctionHost:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Served on the function's own port only: the gateway routes ``/function/<name>``
+        paths, never ``/metrics``, to it."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return web.Response(body=generate_latest(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def invoke(self, request: web.Request) -> web.Response:
+        from app import metrics
+
         started = time.perf_counter()
         if self.max_inflight and self.inflight >= self.max_inflight:
+            metrics.FUNCTION_INVOCATIONS.labels(self.name, "429").inc()
             return _json_error(429, "too_many_requests",
                                "the function is at its concurrent request limit",
                                {"Retry-After": "1"})
@@ -155,7 +168,10 @@ class FunctionHost:
             response = await self._call(request)
         finally:
             self.inflight -= 1
-        response.headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
+        took = time.perf_counter() - started
+        metrics.FUNCTION_INVOCATIONS.labels(self.name, str(response.status)).inc()
+        metrics.FUNCTION_SECONDS.labels(self.name).observe(took)
+        response.headers["X-Duration-Seconds"] = f"{took:.6f}"
         if response.status >= 500:
             self.log.warning("invocation failed", function=self.name, status=response.status,
                              request_id=request.headers.get("X-Request-ID", ""))
@@ -190,6 +206,7 @@ class FunctionHost:
     def application(self, max_body: int) -> web.Application:
         app = web.Application(client_max_size=max_body)
         app.router.add_get("/_/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_route("*", "/{tail:.*}", self.invoke)
         app.on_cleanup.append(self._close)
         return app

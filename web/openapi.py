@@ -15,6 +15,7 @@ from aiohttp import web
 from faust.web import View
 
 from app import results as res
+from app import trace as tr
 from app.faust_app import app
 from app.settings import Settings, get_settings
 
@@ -153,6 +154,43 @@ def _schemas() -> dict[str, Any]:
             "duplicate_of": {"type": "string", "pattern": ULID_PATTERN,
                              "description": "set when identical bytes were already "
                                             "classified by the current model version"},
+            "trace": {**_ref("Trace"), "description": "only with ?trace=1"},
+        },
+    }
+    stage_names = list(tr.STAGE_NAMES)
+    trace = {
+        "type": "object",
+        "description": "Where the time went: each stage the image has passed so far, in "
+                       "path order, stamped when it ended. Stages: "
+                       + "; ".join(f"`{name}`: {what}" for name, what in tr.STAGES)
+                       + ". A result read from storage (after the cache expired) ends at "
+                         "`inferred`.",
+        "required": ["request_id", "stages", "total_ms", "complete"],
+        "properties": {
+            "request_id": {"type": "string",
+                           "description": "the upload's X-Request-ID: the gateway's and the "
+                                          "workers' log lines carry it"},
+            "stages": {"type": "array", "items": {
+                "type": "object",
+                "required": ["stage", "at", "offset_ms", "ms"],
+                "properties": {
+                    "stage": {"type": "string", "enum": stage_names},
+                    "at": {"type": "string", "format": "date-time"},
+                    "offset_ms": {"type": "number", "minimum": 0,
+                                  "description": "since the first stage"},
+                    "ms": {"type": "number", "minimum": 0,
+                           "description": "this stage's own time: since the previous one"},
+                    "what": {"type": "string"},
+                }}},
+            "total_ms": {"type": "number", "minimum": 0,
+                         "description": "first to last stage; the sum of the stages' ms"},
+            "complete": {"type": "boolean", "description": "every stage is there"},
+            "partition": {"type": "integer", "minimum": 0,
+                          "description": "the upload event's partition on image-uploads"},
+            "offset": {"type": "integer", "minimum": 0,
+                       "description": "the upload event's offset on image-uploads"},
+            "worker": {"type": "integer", "description": "the worker that classified it"},
+            "batch_size": {"type": "integer", "minimum": 1},
         },
     }
     return {
@@ -162,6 +200,7 @@ def _schemas() -> dict[str, Any]:
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": _ref("ErrorBody")}},
         "Result": result,
+        "Trace": trace,
         "FileError": {
             "type": "object",
             "description": "One file of a multi-file upload that was refused.",
@@ -406,6 +445,9 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
                            "the answer of this model (NAME: its newest version, or "
                            "NAME:VERSION) instead of the newest answer; 404 model_not_found "
                            "when that model never classified the image"),
+                    _param("trace", {"type": "boolean", "default": False},
+                           "add `trace`: the stages the image went through, with times "
+                           "(a waterfall of where the time went)"),
                 ],
                 "responses": {
                     "200": {**_json(_ref("Result"), "Known image; status says how far it "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from aiohttp import web
 
 from app.faust_app import WORKER_ID, app
-from app.health import readiness
+from app.health import readiness, rss_mb
 from app.logs import get_logger
 from app.runtime import get_classifier, loaded_classifier
 from app.settings import get_settings
@@ -38,6 +41,29 @@ async def follow_default_model() -> None:
     classifier = loaded_classifier()
     if classifier is not None:
         await classifier.maybe_reload()
+
+
+STARTED = time.time()
+
+
+@app.page("/internal/info")
+async def info(self, request):  # noqa: ANN001 - Faust passes the view and request
+    """What the console's workers view shows about this worker: the partitions it owns, the
+    model and engine it serves with, its memory and uptime. Workers listen on loopback and
+    the gateway does not route ``/internal/``; the console asks each worker directly."""
+    try:
+        assigned = sorted((tp.topic, tp.partition) for tp in app.consumer.assignment())
+    except Exception:  # noqa: BLE001 - not started or rebalancing: nothing owned right now
+        assigned = []
+    partitions: dict[str, list[int]] = {}
+    for topic, partition in assigned:
+        partitions.setdefault(topic, []).append(partition)
+    classifier = loaded_classifier()
+    return web.json_response({
+        "worker": WORKER_ID, "pid": os.getpid(), "uptime_s": round(time.time() - STARTED, 1),
+        "rss_mb": rss_mb(), "partitions": partitions,
+        "model": classifier.current.model_dict() if classifier else None,
+    })
 
 
 @app.page("/healthz")

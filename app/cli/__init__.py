@@ -16,6 +16,8 @@ _COMMANDS = [
     "app.cli.client:get",
     "app.cli.client:watch",
     "app.cli.reclassify:reclassify",
+    "app.cli.trace:trace",
+    "app.cli.trace:logs",
 ]
 
 

@@ -36,6 +36,11 @@ class Layout:
         return self.home / "kafka" / "libs"
 
     @property
+    def kafka_agent_dir(self) -> Path:
+        """The JMX exporter agent jar, kept off Kafka's class path (it is an agent only)."""
+        return self.home / "kafka" / "agent"
+
+    @property
     def data(self) -> Path:
         """Each topology keeps its own data: a cluster's servers cannot read a single node's
         files (MinIO's erasure sets, Kafka's cluster id), and switching must not lose them."""

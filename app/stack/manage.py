@@ -80,15 +80,14 @@ def start_process(layout: Layout, name: str, wait: bool = False) -> None:
 def process_rss_mb(layout: Layout) -> dict[str, float]:
     """Resident memory of each running program (its own process; none of ours fork)."""
     out: dict[str, float] = {}
+    from app.health import rss_mb
+
     for info in rpc(layout).supervisor.getAllProcessInfo():
         if not info["pid"]:
             continue
-        try:
-            for line in Path(f"/proc/{info['pid']}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[info["name"]] = int(line.split()[1]) / 1024
-        except OSError:
-            pass
+        rss = rss_mb(info["pid"])
+        if rss is not None:
+            out[info["name"]] = rss
     return out
 
 
@@ -118,8 +117,17 @@ def check_installed(layout: Layout) -> None:
         missing.append("minio")
     if not layout.kafka_libs.exists() or not any(layout.kafka_libs.glob("kafka_2.13-*.jar")):
         missing.append("kafka jars")
+    if get_settings().prometheus_enabled:
+        from app.stack import monitoring
+
+        if not Path(monitoring.prometheus_bin()).exists():
+            missing.append("prometheus")
+        if not monitoring.kafka_agent_jar(layout).exists():
+            missing.append("the Kafka metrics agent")
     if missing:
-        raise StackError(f"not installed: {', '.join(missing)}; run `make install` first")
+        raise StackError(f"not installed: {', '.join(missing)}; run `make install` first"
+                         + (" (or set IMAGEREC_PROMETHEUS_ENABLED=false to run without "
+                            "monitoring)" if get_settings().prometheus_enabled else ""))
 
 
 def format_kafka(layout: Layout, settings: Settings) -> None:
@@ -262,9 +270,12 @@ def up(*, wait_timeout_s: float = 240.0, quiet: bool = False) -> bool:
         if prog.name not in infra:
             start_process(layout, prog.name)
     _wait_ready(layout, settings, wait_timeout_s)
+    _wait_prometheus(layout, settings)
     _ensure_dev_key(say)
+    prometheus = (f", Prometheus: http://127.0.0.1:{settings.prometheus_port}"
+                  if settings.prometheus_enabled else "")
     say(f"imagerec is up in {time.monotonic() - started:.1f}s: {settings.gateway_url}  "
-        f"(logs: {layout.logs}, stop: make down)")
+        f"(logs: {layout.logs}{prometheus}, stop: make down)")
     return True
 
 
@@ -300,6 +311,13 @@ def _wait_ready(layout: Layout, settings: Settings, timeout_s: float) -> None:
     names = [n for n in process_states(layout) if n.startswith("worker-")]
     wait_for(lambda: _http_ok(f"{settings.gateway_url}/readyz"), "the gateway's /readyz",
              timeout_s, layout, names[0] if names else None)
+
+
+def _wait_prometheus(layout: Layout, settings: Settings) -> None:
+    """Prometheus answers within a second or two; waiting means a test's first query works."""
+    if settings.prometheus_enabled:
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{settings.prometheus_port}/-/ready"),
+                 "prometheus", 60, layout, "prometheus")
 
 
 def down(*, quiet: bool = False) -> bool:

@@ -19,6 +19,17 @@ from app.storage import make_minio
 log = logging.getLogger(__name__)
 
 
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """Per-topic settings. Upload events carry the broker's append time (LogAppendTime), so
+    an image's trace (app.trace) can tell the time it took to reach Kafka from the time it
+    waited there; the classify agent falls back to the producer's stamp on a topic created
+    before."""
+    configs = {"min.insync.replicas": str(settings.min_isr)}
+    if topic == settings.topic_uploads:
+        configs["message.timestamp.type"] = "LogAppendTime"
+    return configs
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; returns the names that were created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers,
@@ -32,7 +43,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             # holds on a cluster whose brokers were configured by someone else.
             new = [NewTopic(name=t, num_partitions=settings.topic_partitions,
                             replication_factor=settings.replication,
-                            topic_configs={"min.insync.replicas": str(settings.min_isr)})
+                            topic_configs=topic_configs(settings, t))
                    for t in wanted]
             try:
                 await admin.create_topics(new)

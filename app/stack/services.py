@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.settings import Settings
-from app.stack import iam
+from app.stack import iam, monitoring
 from app.stack.layout import Layout
 from app.stack.secrets import read_env_file
 
@@ -223,9 +223,27 @@ def _minio_env(settings: Settings, generated: dict[str, str], brokers: list[str]
         "MINIO_UPDATE": "off",
         # The scanner walks every object; see settings.minio_scanner_speed.
         "MINIO_SCANNER_SPEED": settings.minio_scanner_speed,
+        # Prometheus scrapes /minio/v2/metrics/* without a token: MinIO listens on loopback
+        # only, and the figures name buckets and sizes, never keys or data (app.stack.monitoring).
+        "MINIO_PROMETHEUS_AUTH_TYPE": "public",
         **iam.minio_kms_env(generated),
         **notify_env(settings, brokers, str(queue_dir)),
     }
+
+
+def kafka_command(layout: Layout, settings: Settings, log4j: Path, props: Path,
+                  node: int) -> str:
+    """One broker, with its JMX exporter agent when monitoring is on (app.stack.monitoring)."""
+    agent = monitoring.kafka_agent_opts(layout, settings, node)
+    return (f"{java_cmd(layout)} {KAFKA_HEAP} {agent + ' ' if agent else ''}"
+            f"-Dlog4j.configuration=file:{log4j} -Dkafka.logs.dir={layout.logs} "
+            f"kafka.Kafka {props}")
+
+
+def _kafka_metrics_ports(settings: Settings, node: int) -> tuple[int, ...]:
+    """The broker's JMX exporter port, when monitoring is on."""
+    return ((monitoring.kafka_metrics_port(settings, node),)
+            if settings.prometheus_enabled else ())
 
 
 def _single_infra(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
@@ -237,9 +255,8 @@ def _single_infra(layout: Layout, settings: Settings, kafka_props: Path, log4j: 
     return [
         Service(
             name="kafka",
-            command=f"{java_cmd(layout)} {KAFKA_HEAP} -Dlog4j.configuration=file:{log4j} "
-            f"-Dkafka.logs.dir={layout.logs} kafka.Kafka {kafka_props}",
-            ports=(kafka_port, kafka_port + 1),
+            command=kafka_command(layout, settings, log4j, kafka_props, 1),
+            ports=(kafka_port, kafka_port + 1, *_kafka_metrics_ports(settings, 1)),
             priority=10,
             stopwaitsecs=30,
         ),
@@ -276,9 +293,8 @@ def _cluster_infra(layout: Layout, settings: Settings, log4j: Path,
     out = [
         Service(
             name=f"kafka-{node}",
-            command=f"{java_cmd(layout)} {KAFKA_HEAP} -Dlog4j.configuration=file:{log4j} "
-            f"-Dkafka.logs.dir={layout.logs} kafka.Kafka {confs[f'kafka-{node}']}",
-            ports=(port, port + 1),
+            command=kafka_command(layout, settings, log4j, confs[f"kafka-{node}"], node),
+            ports=(port, port + 1, *_kafka_metrics_ports(settings, node)),
             priority=10,
             stopwaitsecs=30,
         )
@@ -392,6 +408,18 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
             stdout_log="gateway-access.log",  # the access log goes to stdout: rotated
         )
     )
+    if settings.prometheus_enabled:
+        config = monitoring.render_prometheus(layout, settings, functions=has_functions)
+        monitoring.prometheus_data(layout).mkdir(parents=True, exist_ok=True)
+        result.append(
+            Service(
+                name="prometheus",
+                command=monitoring.prometheus_command(layout, settings, config),
+                ports=(settings.prometheus_port,),
+                priority=95,  # after what it scrapes; `stack up` waits for it last
+                stopwaitsecs=30,  # it writes its head block out on SIGTERM
+            )
+        )
     return with_hold_gate(layout, result) if settings.topology == "cluster" else result
 
 

@@ -34,7 +34,7 @@ support.load_openfaas_secrets({
     "imagerec-redis-url": "IMAGEREC_REDIS_URL",
 })
 
-from app import ingest  # noqa: E402
+from app import ingest, metrics, trace  # noqa: E402
 from app.broker import get_publisher  # noqa: E402
 from app.runtime import current_model_ref  # noqa: E402
 from app.settings import get_settings  # noqa: E402
@@ -53,14 +53,17 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
     if who is None:
         return support.error_body(401, "unauthorized", "missing API key: call this function "
                                   "through the gateway with Authorization: Bearer KEY")
+    stamps = trace.upload_stamps(lambda name: support.header(event, name))
     try:
         data, fields = support.read_image(event, get_settings().max_upload_bytes)
         callback_url = fields.get("callback_url") or event.query.get("callback_url")
         rid = support.request_id(event)
         status, body = LOOP.run(ingest.accept(
             data, tenant=who.tenant, request_id=rid, callback_url=callback_url,
-            model_ref=current_model_ref),
+            model_ref=current_model_ref, stamps=stamps),
             request_id=rid)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the API's JSON error
         return support.error_response(exc)
+    if status == 202:  # counted like the API's uploads: one uploads rate for both ways in
+        metrics.IMAGES_RECEIVED.labels(via="function").inc()
     return support.json_response(status, body)

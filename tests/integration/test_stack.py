@@ -143,6 +143,7 @@ def test_port_in_use_fails_naming_port_and_service(settings, tmp_path) -> None:
     (home / "kafka").mkdir(parents=True)
     (home / "bin").symlink_to(real.bin)
     (home / "kafka" / "libs").symlink_to(real.kafka_libs)
+    (home / "kafka" / "agent").symlink_to(real.kafka_agent_dir)
     with socket.socket() as sock:  # hold one port of the stack's set ourselves
         sock.bind(("127.0.0.1", 0))
         sock.listen()

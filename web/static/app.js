@@ -8,6 +8,8 @@
 // server answers 202 with an id, and the finished result arrives on the /v1/events stream.
 // A one-off long-poll (GET ?wait=) is only a safety net for results the stream missed.
 
+import { fetchTrace, renderTrace } from "/trace.js";
+
 const KEY_STORAGE = "imagerec.apiKey";
 const MAX_PARALLEL_UPLOADS = 4;     // a browser allows 6 connections per host; keep 2 spare
 const MAX_RETRIES = 3;              // for 429 and 503, which carry Retry-After
@@ -251,6 +253,28 @@ function paintResult(card, result) {
   }
   renderLabels(card, status === "done" ? result.labels : []);
   card.querySelector(".card-meta").textContent = status === "done" ? resultMeta(result) : "";
+  wireTrace(card, isFinal(status) ? result.id : null);
+}
+
+/** "Where the time went": the image's stages (GET ?trace=1), fetched when first opened. */
+function wireTrace(card, imageId) {
+  const details = card.querySelector(".trace-details");
+  details.hidden = !imageId;
+  if (!imageId || details.dataset.imageId === imageId) return;
+  details.dataset.imageId = imageId;
+  details.open = false;
+  const out = details.querySelector(".trace-out");
+  out.replaceChildren();
+  details.ontoggle = async () => {
+    if (!details.open || out.dataset.loaded === imageId) return;
+    out.dataset.loaded = imageId;
+    try {
+      out.replaceChildren(renderTrace(await fetchTrace(imageId, authHeaders())));
+    } catch (err) {
+      out.dataset.loaded = "";
+      out.textContent = `No trace: ${err.message}`;
+    }
+  };
 }
 
 // ---------------------------------------------------------------------------------------
