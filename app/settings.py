@@ -184,6 +184,8 @@ class Settings(BaseSettings):
     # The Kafka JMX exporter agent (Maven Central) inside each broker: node n (1-based)
     # serves its metrics on kafka_metrics_port + n - 1, on loopback.
     kafka_metrics_port: int = 9404
+    # app/stack/exporter.py: Nginx's stub_status and Redis' INFO in Prometheus' format.
+    exporter_port: int = 9113
 
     # --- logging --------------------------------------------------------------------------
     log_level: str = "INFO"

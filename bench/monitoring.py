@@ -47,7 +47,7 @@ from tests.conftest import photo_variants  # noqa: E402
 
 # Which supervised program serves each scrape job's targets, in the single topology.
 PROGRAMS = {"worker": "worker-{n}", "function": "fn-{fn}", "minio": "minio",
-            "minio-cluster": "minio", "kafka": "kafka"}
+            "minio-cluster": "minio", "kafka": "kafka", "nginx": "exporter", "redis": "exporter"}
 SCRAPES = 40
 
 

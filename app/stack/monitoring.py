@@ -17,12 +17,9 @@ topologies):
   name buckets and sizes, never object keys or data;
 - ``kafka``: each broker's JMX exporter agent (``deploy/prometheus/kafka-jmx.yml`` picks the
   few MBeans we use: a full JMX walk of a broker costs far more CPU);
+- ``nginx`` and ``redis``: the gateway's stub_status and every Redis server's INFO, translated
+  by our small exporter (``app.stack.exporter``; neither server speaks Prometheus);
 - ``prometheus``: itself (rule evaluation failures, its own CPU).
-
-Nginx and Redis are not scraped: Nginx's stub_status is not Prometheus' format and Redis has
-no metrics endpoint; both would need an exporter, and neither the Go exporters nor a Python
-one of ours is installed (docs/OPERATIONS.md, "Monitoring"). Their failures show anyway, as
-``/readyz`` failing on the workers and as the gateway's 5xx in the access log.
 
 This module only renders text; ``app.stack.manage`` starts things.
 """
@@ -38,7 +35,8 @@ import yaml
 from app.settings import Settings
 from app.stack.layout import Layout
 
-PROMETHEUS_JOBS = ("worker", "function", "minio", "minio-cluster", "kafka", "prometheus")
+PROMETHEUS_JOBS = ("worker", "function", "minio", "minio-cluster", "kafka", "nginx", "redis",
+                   "prometheus")
 RULES_DIR = "deploy/prometheus/rules"
 KAFKA_JMX_CONFIG = "deploy/prometheus/kafka-jmx.yml"
 
@@ -95,11 +93,14 @@ def scrape_targets(settings: Settings, *, functions: bool = True
         "minio-cluster": [(s3, {})],
         "kafka": [(local(kafka_metrics_port(settings, n)), {"node": str(n)})
                   for n in range(1, kafka_nodes + 1)],
+        "nginx": [(local(settings.exporter_port), {})],
+        "redis": [(local(settings.exporter_port), {})],
         "prometheus": [(local(settings.prometheus_port), {})],
     }
 
 
-METRICS_PATHS = {"minio": "/minio/v2/metrics/node", "minio-cluster": "/minio/v2/metrics/cluster"}
+METRICS_PATHS = {"minio": "/minio/v2/metrics/node", "minio-cluster": "/minio/v2/metrics/cluster",
+                 "nginx": "/metrics/nginx", "redis": "/metrics/redis"}
 
 
 def _duration(seconds: float) -> str:

@@ -409,6 +409,15 @@ def services(layout: Layout, settings: Settings, kafka_props: Path, log4j: Path,
         )
     )
     if settings.prometheus_enabled:
+        result.append(
+            Service(
+                name="exporter",
+                command=f"{py} -m app.stack.exporter",
+                ports=(settings.exporter_port,),
+                priority=95,
+                directory=str(layout.repo),
+            )
+        )
         config = monitoring.render_prometheus(layout, settings, functions=has_functions)
         monitoring.prometheus_data(layout).mkdir(parents=True, exist_ok=True)
         result.append(

@@ -1,6 +1,6 @@
-"""Prometheus in the running stack: every program is a target and up, Kafka's agent and
-MinIO answer in Prometheus' format, the rules are loaded, and an upload shows in the results
-rate through Prometheus' HTTP API (what the console draws from).
+"""Prometheus in the running stack: every program is a target and up, Kafka's agent, MinIO and
+our Nginx/Redis exporter answer in Prometheus' format, the rules are loaded, and an upload shows
+in the results rate through Prometheus' HTTP API (what the console draws from).
 
 Works with any scrape interval: waits are a few intervals long (the test stack keeps the
 default, 15 s, so these tests take about a minute).
@@ -87,13 +87,13 @@ def test_every_program_is_a_target_and_up(prom, settings) -> None:  # noqa: ANN0
         return found if healthy and set(found) >= set(expected) else None
 
     found = _wait(all_up, "every target up", 3 * _interval(settings) + 10)
-    for job in ("worker", "function", "minio", "minio-cluster", "kafka"):
+    jobs = ("worker", "function", "minio", "minio-cluster", "kafka", "nginx", "redis")
+    for job in jobs:
         assert sorted(i for i, _, _ in found[job]) == expected[job], job
     # The same through a query: up == 1 for every worker, function, MinIO node and broker.
     ups = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1]
-           for r in prom.query('up{job=~"worker|function|minio|minio-cluster|kafka"}')}
-    assert ups == {(job, t): "1" for job in ("worker", "function", "minio", "minio-cluster",
-                                              "kafka") for t in expected[job]}
+           for r in prom.query(f'up{{job=~"{"|".join(jobs)}"}}')}
+    assert ups == {(job, t): "1" for job in jobs for t in expected[job]}
 
 
 def test_exporters_serve_the_metrics_the_rules_use(prom, settings) -> None:  # noqa: ANN001
@@ -106,6 +106,10 @@ def test_exporters_serve_the_metrics_the_rules_use(prom, settings) -> None:  # n
             "minio_cluster_drive_online_total",
             'minio_node_drive_online_total{job="minio"}',
             'process_cpu_seconds_total{job="function"}',
+            "nginx_up == 1",
+            "redis_up == 1",
+            "nginx_http_requests_total",
+            "redis_memory_used_bytes",
         )}
         return counts if all(counts.values()) else None
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from app.settings import Settings
-from app.stack import cluster, monitoring
+from app.stack import cluster, exporter, monitoring
 from app.stack import services as svc
 from app.stack.layout import Layout
 from app.stack.secrets import ensure_secrets
@@ -37,6 +38,7 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
         home=tmp_path, web_port=6066, gateway_url="http://127.0.0.1:8080",
         s3_endpoint="127.0.0.1:9000", kafka_bootstrap="127.0.0.1:9092",
         redis_url="redis://127.0.0.1:6379/0", prometheus_port=9090, kafka_metrics_port=9404,
+        exporter_port=9113,
         prometheus_enabled=True, prometheus_scrape_interval_s=15)
     values.update(overrides)
     return Settings(**values)
@@ -72,7 +74,7 @@ def test_single_stack_scrapes_every_program(tmp_path) -> None:
     settings = _settings(tmp_path, web_port=16066, gateway_url="http://127.0.0.1:18080",
                          s3_endpoint="127.0.0.1:19000", kafka_bootstrap="127.0.0.1:19092",
                          redis_url="redis://127.0.0.1:16379/0", prometheus_port=19090,
-                         kafka_metrics_port=19404)
+                         kafka_metrics_port=19404, exporter_port=19113)
     layout, progs = _programs(tmp_path, settings)
     by_name = {p.name: p for p in progs}
     prom = by_name["prometheus"]
@@ -95,11 +97,16 @@ def test_single_stack_scrapes_every_program(tmp_path) -> None:
         "minio": ["127.0.0.1:19000"],
         "minio-cluster": ["127.0.0.1:19000"],
         "kafka": ["127.0.0.1:19404"],
+        "nginx": ["127.0.0.1:19113"],
+        "redis": ["127.0.0.1:19113"],
         "prometheus": ["127.0.0.1:19090"],
     }
+    assert by_name["exporter"].ports == (19113,)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["minio"]["metrics_path"] == "/minio/v2/metrics/node"
     assert jobs["minio-cluster"]["metrics_path"] == "/minio/v2/metrics/cluster"
+    assert jobs["nginx"]["metrics_path"] == "/metrics/nginx"
+    assert jobs["redis"]["metrics_path"] == "/metrics/redis"
     assert config["global"]["scrape_interval"] == "15s"
     assert config["rule_files"] == [str(REPO / "deploy/prometheus/rules/*.yml")]
     _check_config(layout)
@@ -136,7 +143,7 @@ def test_cluster_stack_scrapes_all_nodes(tmp_path) -> None:
 def test_monitoring_off_runs_neither_prometheus_nor_the_agent(tmp_path) -> None:
     _, progs = _programs(tmp_path, _settings(tmp_path, prometheus_enabled=False))
     by_name = {p.name: p for p in progs}
-    assert "prometheus" not in by_name
+    assert "prometheus" not in by_name and "exporter" not in by_name
     assert "-javaagent" not in by_name["kafka"].command
     assert by_name["kafka"].ports == (9092, 9093)
 
@@ -186,7 +193,8 @@ def test_compose_prometheus_matches_the_stack(tmp_path) -> None:
                 for job in config["scrape_configs"]}
 
     expected = jobs(stack)
-    del expected["kafka"]
+    for job in ("kafka", "nginx", "redis"):  # no agent, no exporter in the compose images
+        del expected[job]
     assert jobs(ours) == expected
     assert ours["global"]["scrape_interval"] == stack["global"]["scrape_interval"]
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -197,3 +205,37 @@ def test_compose_prometheus_matches_the_stack(tmp_path) -> None:
     done = subprocess.run([_promtool(), "check", "config", str(compose_conf)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# As nginx prints it, trailing spaces included.
+STUB_STATUS = ("Active connections: 3 \nserver accepts handled requests\n 120 118 4521 \n"
+               "Reading: 0 Writing: 1 Waiting: 2 \n")
+
+
+def test_stub_status_is_read_as_nginx_exporter_names() -> None:
+    assert exporter.parse_stub_status(STUB_STATUS) == {
+        "active": 3, "accepted": 120, "handled": 118, "requests": 4521,
+        "reading": 0, "writing": 1, "waiting": 2}
+    with pytest.raises(ValueError):
+        exporter.parse_stub_status("<html>404</html>")
+
+
+def test_exporter_reports_down_servers_as_zero(tmp_path) -> None:
+    """Nothing listens on the ports: the exporter still answers, with nginx_up and redis_up 0
+    (what ImagerecDependencyDown reads), rather than failing the scrape."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    settings = _settings(tmp_path, gateway_url=f"http://127.0.0.1:{free}",
+                         redis_url=f"redis://127.0.0.1:{free}/0")
+    text = {path: generate_latest(reg).decode()
+            for path, reg in exporter.registries(settings).items()}
+    assert "nginx_up 0.0" in text["/metrics/nginx"]
+    assert f'redis_up{{addr="127.0.0.1:{free}"}} 0.0' in text["/metrics/redis"]
+
+
+def test_exporter_covers_both_redis_of_the_cluster(tmp_path) -> None:
+    settings = _settings(tmp_path, topology="cluster")
+    assert exporter.redis_addresses(settings) == [("127.0.0.1", 6379), ("127.0.0.1", 6380)]
