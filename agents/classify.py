@@ -30,7 +30,7 @@ async def _to_dlq(raw: bytes | None, error: str,
     """The message as it came, with why and where from in its headers (the console's
     dead-letter view shows them and can replay it)."""
     metrics.DLQ_MESSAGES.inc()
-    partition, offset = where if where is not None else (None, None)
+    partition, offset = (str(where[0]), str(where[1])) if where is not None else (None, None)
     log.warning("message sent to DLQ", error=error, source_partition=partition,
                 source_offset=offset)
     headers = DeadLetterHeaders(error=error, source_topic=settings.topic_uploads,

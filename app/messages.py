@@ -276,14 +276,17 @@ class DeadLetterHeaders(Message):
     source_topic: str = Field(alias="source-topic", description="where it was read "
                               "(image-uploads, image-reclassify or image-drops)")
     failed_at: Timestamp = Field(alias="failed-at")
-    source_partition: int | None = Field(default=None, alias="source-partition",
+    # Header values are strings on the wire, so these are decimal strings.
+    source_partition: str | None = Field(default=None, alias="source-partition",
+                                         pattern=r"^[0-9]+$",
                                          description="partition it was read from, where known")
-    source_offset: int | None = Field(default=None, alias="source-offset",
+    source_offset: str | None = Field(default=None, alias="source-offset",
+                                      pattern=r"^[0-9]+$",
                                       description="its offset there (the console shows both)")
 
     def to_headers(self) -> dict[str, bytes]:
         """Kafka headers (values capped: a header is not a place for a whole stack trace)."""
-        return {k: str(v).encode()[:1000]
+        return {k: v.encode()[:1000]
                 for k, v in self.model_dump(by_alias=True, exclude_none=True).items()}
 
 
