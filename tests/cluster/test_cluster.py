@@ -105,7 +105,11 @@ def test_sentinel_failover_is_seen_by_running_workers(settings, layout, gateway)
     result = gateway.wait_done(image_id)
     assert result["status"] == "done"
     rds = redis_client(settings, asyncio=False, socket_timeout=3)
-    faults.wait_until(lambda: rds.exists(names.redis_result(image_id)), 30, "cached result")
+    try:
+        faults.wait_until(lambda: rds.exists(names.redis_result(image_id)), 30, "cached result")
+    except TimeoutError as exc:  # say why: the workers log every result they could not cache
+        raise AssertionError(f"{exc}; worker log lines:\n"
+                             + "\n".join(_worker_lines(layout, image_id, "not cached"))) from None
     served = gateway.get(f"/v1/images/{image_id}")
     assert served.headers.get("X-Imagerec-Source") == "redis", served.headers
     assert {n: faults.pid_of(layout, n) for n in worker_pids} == worker_pids
@@ -114,6 +118,14 @@ def test_sentinel_failover_is_seen_by_running_workers(settings, layout, gateway)
     faults.release(layout, old)
     port = cluster.Ports.from_settings(settings).redis[int(old.split("-")[1]) - 1]
     faults.wait_until(lambda: _role(port) == "slave", 60, f"{old} to rejoin as a replica")
+
+
+def _worker_lines(layout: Layout, *needles: str) -> list[str]:
+    """The last worker log lines that mention any of ``needles`` (for a failure message)."""
+    found = [line.strip()[:400] for path in sorted(layout.logs.glob("worker-*.log"))
+             for line in path.read_text(errors="replace").splitlines()
+             if any(n in line for n in needles)]
+    return found[-20:]
 
 
 def test_gateway_passes_over_a_dead_worker(settings, layout, gateway) -> None:
